@@ -1,0 +1,348 @@
+/**
+ * @file Reverse-mode autodiff over pytrees. A trace records every primitive
+ * whose operands depend on the trace's inputs (a tape per transformation,
+ * never visible to users). Backward passes run with the public ops, so any
+ * enclosing trace records them too, which is what makes `grad(grad(f))`,
+ * `jvp` (as the VJP of a VJP) and `checkpoint` compose.
+ */
+import { isFloat } from "../tensor/dtype.ts";
+import { DifflabError, fmtShape, ShapeError } from "../tensor/errors.ts";
+import { installStopGradient, zerosLike } from "../tensor/ops.ts";
+import * as ops from "../tensor/ops.ts";
+import { shapeEq } from "../tensor/shape.ts";
+import { alias, installVjp, Tensor, type Tracer, tracers } from "../tensor/tensor.ts";
+import { vjpRules } from "./rules.ts";
+import { leaves, mapLeaves, unflatten } from "./tree.ts";
+
+type Ct = Tensor | null;
+interface Node {
+  inputs: readonly Tensor[];
+  outputs: readonly Tensor[];
+  vjp: (cts: Ct[]) => Ct[];
+}
+
+class Trace implements Tracer {
+  readonly nodes: Node[] = [];
+  readonly tracked = new Set<Tensor>();
+  #open = true;
+
+  tracks(t: Tensor): boolean {
+    return this.tracked.has(t);
+  }
+
+  track(t: Tensor) {
+    if (!this.tracked.has(t)) {
+      this.tracked.add(t);
+      t._traced++;
+    }
+  }
+
+  record(inputs: readonly Tensor[], outputs: readonly Tensor[], vjp: (cts: Ct[]) => Ct[]) {
+    this.nodes.push({ inputs, outputs, vjp });
+    for (const o of outputs) if (isFloat(o.dtype)) this.track(o);
+    // Inputs the node needs in backward must outlive any inner tidy too.
+    for (const i of inputs) if (!this.tracked.has(i)) this.pinned.add(i), i._traced++;
+  }
+  readonly pinned = new Set<Tensor>();
+
+  /** Stops recording; tensors are no longer protected from enclosing tidy scopes. */
+  close() {
+    if (!this.#open) return;
+    this.#open = false;
+    for (const t of this.tracked) t._traced--;
+    for (const t of this.pinned) t._traced--;
+  }
+
+  /** Runs the backward pass from output cotangents; returns the cotangents of `wrt`. */
+  backward(seeds: Map<Tensor, Tensor>, wrt: readonly Tensor[]): Ct[] {
+    const cts = new Map<Tensor, Tensor>();
+    const holds = new Map<Tensor, number>();
+    const protect = new Set<Tensor>(seeds.values());
+    const hold = (t: Tensor) => holds.set(t, (holds.get(t) ?? 0) + 1);
+    const drop = (t: Tensor) => {
+      const n = (holds.get(t) ?? 0) - 1;
+      if (n > 0) holds.set(t, n);
+      else {
+        holds.delete(t);
+        if (!protect.has(t) && t._traced === 0) t.dispose();
+      }
+    };
+    const accumulate = (t: Tensor, ct: Tensor) => {
+      if (!shapeEq(ct.shape, t.shape)) {
+        throw new DifflabError(`autograd: cotangent ${fmtShape(ct.shape)} for a tensor of shape ${fmtShape(t.shape)}`);
+      }
+      const old = cts.get(t);
+      if (old) {
+        const s = ops.add(old, ct);
+        cts.set(t, s);
+        hold(s);
+        drop(old);
+      } else {
+        cts.set(t, ct);
+        hold(ct);
+      }
+    };
+    for (const [t, c] of seeds) accumulate(t, c);
+    for (let n = this.nodes.length - 1; n >= 0; n--) {
+      const node = this.nodes[n];
+      const outCts = node.outputs.map((o) => cts.get(o) ?? null);
+      if (outCts.every((c) => c === null)) continue;
+      const inCts = node.vjp(outCts);
+      const fresh = new Set<Tensor>();
+      node.inputs.forEach((inp, i) => {
+        const c = inCts[i];
+        if (c && this.tracked.has(inp)) {
+          accumulate(inp, c);
+          fresh.add(c);
+        }
+      });
+      // Temporaries a rule made but that no accumulator kept.
+      for (const c of inCts) if (c && !fresh.has(c) && !holds.has(c) && !outCts.includes(c)) drop(c);
+      node.outputs.forEach((o) => {
+        const c = cts.get(o);
+        if (c) {
+          cts.delete(o);
+          drop(c);
+        }
+      });
+    }
+    return wrt.map((t) => cts.get(t) ?? null);
+  }
+}
+
+/** Runs `f` with `inputs` traced; returns outputs and the trace (closed). */
+function traced<R>(f: (...a: unknown[]) => R, args: unknown[], argnums: readonly number[]) {
+  const trace = new Trace();
+  const wrapped = args.map((a, i) =>
+    argnums.includes(i)
+      ? mapLeaves(a, (t) => {
+        if (!isFloat(t.dtype)) return t;
+        const w = alias(t);
+        // Enclosing traces must see w as t itself, or grad(grad(f)) loses the link.
+        for (const tr of tracers) if (tr.tracks(t)) tr.record([t], [w], (c) => [c[0]]);
+        trace.track(w);
+        return w;
+      })
+      : a
+  );
+  tracers.push(trace);
+  let out: R;
+  try {
+    out = f(...wrapped);
+  } finally {
+    const i = tracers.lastIndexOf(trace);
+    if (i >= 0) tracers.splice(i, 1);
+    trace.close();
+  }
+  return { out, trace, wrapped };
+}
+
+function checkCt(op: string, o: Tensor, c: unknown): Tensor {
+  if (!(c instanceof Tensor)) throw new DifflabError(`${op}: cotangent must be a Tensor, got ${typeof c}`);
+  if (!shapeEq(o.shape, c.shape) || o.dtype !== c.dtype) {
+    throw new ShapeError(
+      `${op}: cotangent ${c.dtype}${fmtShape(c.shape)} does not match output ${o.dtype}${fmtShape(o.shape)}`,
+    );
+  }
+  return c;
+}
+
+function gradsFor(trace: Trace, wrapped: unknown[], argnums: readonly number[], seeds: Map<Tensor, Tensor>) {
+  const wrt = argnums.flatMap((i) => leaves(wrapped[i]));
+  const g = trace.backward(seeds, wrt);
+  let k = 0;
+  return argnums.map((i) =>
+    mapLeaves(wrapped[i], (t) => {
+      const c = g[k++];
+      if (!isFloat(t.dtype)) return null;
+      return c ?? zerosLike(t);
+    })
+  );
+}
+
+/**
+ * Reverse-mode VJP: returns `[out, pullback]` where `pullback(ct)` maps a
+ * cotangent tree shaped like `out` to one cotangent tree per argument.
+ */
+export function vjp<A extends unknown[], R>(f: (...a: A) => R, ...primals: A): [R, (ct: R) => unknown[]] {
+  const argnums = primals.map((_, i) => i);
+  const { out, trace, wrapped } = traced(f as (...a: unknown[]) => R, primals, argnums);
+  const outLeaves = leaves(out);
+  const pull = (ct: R) => {
+    const ctLeaves = leaves(ct);
+    if (ctLeaves.length !== outLeaves.length) {
+      throw new DifflabError(`vjp: cotangent has ${ctLeaves.length} tensors, output has ${outLeaves.length}`);
+    }
+    const seeds = new Map<Tensor, Tensor>();
+    outLeaves.forEach((o, i) => {
+      const c = checkCt("vjp", o, ctLeaves[i]);
+      if (trace.tracks(o)) seeds.set(o, seeds.has(o) ? ops.add(seeds.get(o)!, c) : c);
+    });
+    return gradsFor(trace, wrapped, argnums, seeds);
+  };
+  return [out, pull];
+}
+
+/** Options of `grad`/`valueAndGrad`. */
+export interface GradOptions {
+  /** Which positional arguments to differentiate (default 0). An array returns an array of gradients. */
+  argnums?: number | readonly number[];
+  /** `f` returns `[value, aux]`; aux is returned untouched. */
+  hasAux?: boolean;
+}
+
+function scalarOut(op: string, v: unknown): Tensor {
+  if (!(v instanceof Tensor)) throw new DifflabError(`${op}: function must return a scalar Tensor, got ${typeof v}`);
+  if (v.size !== 1 || !isFloat(v.dtype)) {
+    throw new ShapeError(`${op}: function must return a one-element float Tensor, got ${v.dtype}${fmtShape(v.shape)}`);
+  }
+  return v;
+}
+
+function disposeIntermediates(trace: Trace, keep: unknown) {
+  const k = new Set(leaves(keep));
+  for (const node of trace.nodes) {
+    for (const o of node.outputs) if (!k.has(o) && o._traced === 0) o.dispose();
+  }
+}
+
+/** Returns `(...args) => [value, grads]` (or `[[value, aux], grads]` with hasAux). */
+export function valueAndGrad<A extends unknown[]>(
+  f: (...a: A) => unknown,
+  opts: GradOptions = {},
+): (...args: A) => [unknown, unknown] {
+  const multi = Array.isArray(opts.argnums);
+  const argnums = multi ? [...(opts.argnums as number[])] : [(opts.argnums as number | undefined) ?? 0];
+  return (...args: A) => {
+    for (const i of argnums) {
+      if (!Number.isInteger(i) || i < 0 || i >= args.length) {
+        throw new DifflabError(`grad: argnums ${i} is out of range for ${args.length} argument(s)`);
+      }
+    }
+    const { out, trace, wrapped } = traced(f as (...a: unknown[]) => unknown, args, argnums);
+    let value: unknown = out, aux: unknown;
+    if (opts.hasAux) {
+      if (!Array.isArray(out) || out.length !== 2) throw new DifflabError("grad: hasAux needs f to return [value, aux]");
+      [value, aux] = out;
+    }
+    const v = scalarOut("grad", value);
+    const seeds = new Map<Tensor, Tensor>();
+    if (trace.tracks(v)) seeds.set(v, ops.onesLike(v));
+    const g = gradsFor(trace, wrapped, argnums, seeds);
+    for (const s of seeds.values()) if (s._traced === 0) s.dispose();
+    const result = multi ? g : g[0];
+    disposeIntermediates(trace, [out, result]);
+    return [opts.hasAux ? [v, aux] : v, result];
+  };
+}
+
+/** Returns `(...args) => grads` of a scalar-valued function (with hasAux: `[grads, aux]`). */
+export function grad<A extends unknown[]>(f: (...a: A) => unknown, opts: GradOptions = {}): (...args: A) => unknown {
+  const vg = valueAndGrad(f, opts);
+  return (...args: A) => {
+    const [v, g] = vg(...args);
+    if (opts.hasAux) return [g, (v as unknown[])[1]];
+    return g;
+  };
+}
+
+/** Blocks gradients: the result has the same values but no dependence on any trace. */
+export function stopGradient<T>(x: T): T {
+  return mapLeaves(x, (t) => alias(t)) as T;
+}
+installStopGradient((x) => alias(x));
+
+function suspended<R>(f: () => R): R {
+  const saved = tracers.splice(0, tracers.length);
+  try {
+    return f();
+  } finally {
+    tracers.push(...saved);
+  }
+}
+
+function recordOpaque(inLeaves: Tensor[], outLeaves: Tensor[], vjp: (cts: Ct[]) => Ct[]) {
+  for (const tr of tracers) {
+    if (inLeaves.some((t) => tr.tracks(t))) tr.record(inLeaves, outLeaves, vjp);
+  }
+}
+
+/**
+ * A function with a user-defined VJP, like `jax.custom_vjp`:
+ * `fwd(...args) -> [out, residuals]` and `bwd(residuals, ct) -> grads` (one
+ * tree per argument, `null` for none). Without tracing `f` runs directly.
+ */
+export function customVjp<A extends unknown[], R, Res>(
+  f: (...a: A) => R,
+  fwd: (...a: A) => [R, Res],
+  bwd: (res: Res, ct: R) => unknown[],
+): (...a: A) => R {
+  return (...args: A) => {
+    const inLeaves = leaves(args);
+    if (!tracers.some((tr) => inLeaves.some((t) => tr.tracks(t)))) return f(...args);
+    const [out0, res] = suspended(() => fwd(...args));
+    const out = mapLeaves(out0, (t) => alias(t)) as R;
+    const outLeaves = leaves(out);
+    recordOpaque(inLeaves, outLeaves, (cts) => {
+      const full = cts.map((c, i) => c ?? zerosLike(outLeaves[i]));
+      const g = bwd(res, unflatten(out, full) as R);
+      if (!Array.isArray(g) || g.length !== args.length) {
+        throw new DifflabError(`customVjp: bwd must return one gradient tree per argument (${args.length})`);
+      }
+      const flat: Ct[] = [];
+      args.forEach((a, i) => {
+        const n = leaves(a).length;
+        const gl = g[i] === null || g[i] === undefined ? new Array(n).fill(null) : leaves(g[i]);
+        if (gl.length !== n) throw new DifflabError(`customVjp: gradient ${i} has ${gl.length} tensors, argument has ${n}`);
+        flat.push(...gl);
+      });
+      return flat;
+    });
+    return out;
+  };
+}
+
+/**
+ * Rematerialisation: `checkpoint(f)` computes the same values and gradients
+ * as `f` but keeps no intermediates; backward recomputes `f` under a fresh trace.
+ */
+export function checkpoint<A extends unknown[], R>(f: (...a: A) => R): (...a: A) => R {
+  return (...args: A) => {
+    const inLeaves = leaves(args);
+    if (!tracers.some((tr) => inLeaves.some((t) => tr.tracks(t)))) return f(...args);
+    const out = mapLeaves(suspended(() => f(...args)), (t) => alias(t)) as R;
+    const outLeaves = leaves(out);
+    recordOpaque(inLeaves, outLeaves, (cts) => {
+      const [again, pull] = vjp(f, ...args);
+      const full = cts.map((c, i) => c ?? zerosLike(outLeaves[i]));
+      const g = pull(unflatten(again, full) as R);
+      return g.flatMap((t, i) => {
+        const n = leaves(args[i]).length;
+        const gl = leaves(t);
+        return gl.length === n ? gl : new Array(n).fill(null);
+      });
+    });
+    return out;
+  };
+}
+
+/**
+ * Forward-mode product `J(primals)·tangents`, computed as the VJP of the VJP
+ * (exact, since pullbacks are linear). Returns `[out, tangentOut]`.
+ */
+export function jvp<A extends unknown[], R>(f: (...a: A) => R, primals: A, tangents: unknown[]): [R, R] {
+  const [out, pull] = vjp(f, ...primals);
+  const u = mapLeaves(out, (t) => zerosLike(t)) as R;
+  const [, pull2] = vjp((ct: R) => pull(ct), u);
+  const [tOut] = pull2(tangents);
+  return [out, tOut as R];
+}
+
+installVjp((prim, params, inputs, outputs, cts) =>
+  (vjpRules[prim] as (p: unknown, i: readonly Tensor[], o: readonly Tensor[], c: Ct[]) => Ct[])(
+    params,
+    inputs,
+    outputs,
+    cts,
+  )
+);

@@ -1,0 +1,157 @@
+/**
+ * @file The VJP rule of every primitive, as one exhaustively typed table:
+ * a primitive without a rule does not compile. Rules are written with the
+ * public ops, so they are themselves differentiable and `grad(grad(f))`
+ * works wherever the ops used here have rules.
+ */
+import { isFloat } from "../tensor/dtype.ts";
+import * as ops from "../tensor/ops.ts";
+import type { ParamsOf, Prim } from "../tensor/prims.ts";
+import { bind, type Tensor } from "../tensor/tensor.ts";
+
+type Ct = Tensor | null;
+/** A VJP rule: output cotangents (non-null for at least one output) to input cotangents. */
+export type VjpRule<P extends Prim> = (p: ParamsOf[P], ins: readonly Tensor[], outs: readonly Tensor[], cts: Ct[]) => Ct[];
+
+/** Sums a cotangent of a broadcast result back to the operand's shape. */
+export function sumToShape(ct: Tensor, shape: readonly number[]): Tensor {
+  const lead = ct.ndim - shape.length;
+  const axes: number[] = [];
+  for (let i = 0; i < ct.ndim; i++) {
+    if (i < lead || (shape[i - lead] === 1 && ct.shape[i] !== 1)) axes.push(i);
+  }
+  const s = axes.length ? ops.sum(ct, { axis: axes, keepdims: true }) : ct;
+  return ops.reshape(s, shape);
+}
+
+const un = (f: (x: Tensor, y: Tensor, ct: Tensor) => Tensor): VjpRule<Prim> => (_p, ins, outs, cts) => [
+  f(ins[0], outs[0], cts[0]!),
+];
+
+const zero: VjpRule<Prim> = (_p, ins) => ins.map(() => null);
+
+/** The table. */
+export const vjpRules: { [P in Prim]: VjpRule<P> } = {
+  neg: un((_x, _y, ct) => ops.neg(ct)),
+  exp: un((_x, y, ct) => ops.mul(ct, y)),
+  log: un((x, _y, ct) => ops.div(ct, x)),
+  sin: un((x, _y, ct) => ops.mul(ct, ops.cos(x))),
+  cos: un((x, _y, ct) => ops.neg(ops.mul(ct, ops.sin(x)))),
+  tanh: un((_x, y, ct) => ops.mul(ct, ops.sub(1, ops.mul(y, y)))),
+  sqrt: un((_x, y, ct) => ops.div(ops.mul(ct, 0.5), y)),
+  rsqrt: un((x, y, ct) => ops.mul(ops.mul(ct, -0.5), ops.div(y, x))),
+  abs: un((x, _y, ct) => ops.mul(ct, ops.sign(x))),
+  sign: zero,
+  floor: zero,
+  erf: un((x, _y, ct) => ops.mul(ct, ops.mul(ops.exp(ops.neg(ops.mul(x, x))), 2 / Math.sqrt(Math.PI)))),
+  sigmoid: un((_x, y, ct) => ops.mul(ct, ops.mul(y, ops.sub(1, y)))),
+  log1p: un((x, _y, ct) => ops.div(ct, ops.add(x, 1))),
+  expm1: un((_x, y, ct) => ops.mul(ct, ops.add(y, 1))),
+  add: (_p, _i, _o, [ct]) => [ct, ct],
+  sub: (_p, _i, _o, [ct]) => [ct, ops.neg(ct!)],
+  mul: (_p, [a, b], _o, [ct]) => [ops.mul(ct!, b), ops.mul(ct!, a)],
+  div: (_p, [_a, b], [y], [ct]) => [ops.div(ct!, b), ops.neg(ops.div(ops.mul(ct!, y), b))],
+  pow: (_p, [a, b], [y], [ct]) => [
+    ops.mul(ct!, ops.mul(b, ops.pow(a, ops.sub(b, 1)))),
+    ops.mul(ct!, ops.mul(ops.log(ops.where(ops.equal(a, 0), 1, a)), y)),
+  ],
+  maximum: (_p, [a, b], _o, [ct]) => {
+    const share = (x: Tensor, y: Tensor) => ops.where(ops.greater(x, y), 1, ops.where(ops.equal(x, y), 0.5, 0));
+    return [ops.mul(ct!, share(a, b)), ops.mul(ct!, share(b, a))];
+  },
+  minimum: (_p, [a, b], _o, [ct]) => {
+    const share = (x: Tensor, y: Tensor) => ops.where(ops.less(x, y), 1, ops.where(ops.equal(x, y), 0.5, 0));
+    return [ops.mul(ct!, share(a, b)), ops.mul(ct!, share(b, a))];
+  },
+  compare: zero,
+  where: (_p, [c], _o, [ct]) => [null, ops.where(c, ct!, 0), ops.where(c, 0, ct!)],
+  cast: (_p, [x], _o, [ct]) => [isFloat(x.dtype) && isFloat(ct!.dtype) ? ops.cast(ct!, x.dtype) : null],
+  sum: (p, [x], _o, [ct]) => {
+    const kept = x.shape.map((d, i) => (p.axes.includes(i) ? 1 : d));
+    return [ops.broadcastTo(ops.reshape(ct!, kept), x.shape)];
+  },
+  max: (p, [x], [y], [ct]) => {
+    const kept = x.shape.map((d, i) => (p.axes.includes(i) ? 1 : d));
+    const mask = ops.cast(ops.equal(x, ops.broadcastTo(ops.reshape(y, kept), x.shape)), x.dtype);
+    const count = ops.sum(mask, { axis: p.axes, keepdims: true });
+    return [ops.mul(mask, ops.div(ops.reshape(ct!, kept), count))];
+  },
+  argmax: zero,
+  cumsum: (p, _i, _o, [ct]) => [ops.cumsum(ct!, p.axis, !p.reverse)],
+  cumprod: (p, [x], [y], [ct]) => [ops.div(ops.cumsum(ops.mul(ct!, y), p.axis, !p.reverse), x)],
+  dot: (_p, [a, b], _o, [ct]) => [
+    bind("dot", [ct!, ops.transpose(b, [0, 2, 1])], {})[0],
+    bind("dot", [ops.transpose(a, [0, 2, 1]), ct!], {})[0],
+  ],
+  conv: (p, [x, w], _o, [ct]) => {
+    const [H, W] = [x.shape[3], x.shape[4]];
+    const [KH, KW] = [w.shape[3], w.shape[4]];
+    const [OH, OW] = [ct!.shape[3], ct!.shape[4]];
+    const dil = (n: number, d: number) => (n === 0 ? 0 : (n - 1) * d + 1);
+    // Input gradient: conv of the cotangent with the flipped, in/out-swapped kernel (JAX's transpose_lhs).
+    const lhsPad = (i: 0 | 1, n: number, k: number, o: number): [number, number] => {
+      const ld = dil(n, p.lhsDilation[i]), kd = dil(k, p.rhsDilation[i]), od = dil(o, p.stride[i]);
+      const before = kd - p.padding[i][0] - 1;
+      return [before, ld + kd - 1 - od - before];
+    };
+    const wt = ops.flip(ops.transpose(w, [0, 2, 1, 3, 4]), [3, 4]);
+    const dx = bind("conv", [ct!, wt], {
+      stride: p.lhsDilation,
+      padding: [lhsPad(0, H, KH, OH), lhsPad(1, W, KW, OW)],
+      lhsDilation: p.stride,
+      rhsDilation: p.rhsDilation,
+    })[0];
+    // Weight gradient: correlate input (batch<->channel swapped) with the cotangent (JAX's transpose_rhs).
+    const rhsPad = (i: 0 | 1, n: number, k: number, o: number): [number, number] => {
+      const ld = dil(n, p.lhsDilation[i]), kd = dil(k, p.rhsDilation[i]), od = dil(o, p.stride[i]);
+      const lo = p.padding[i][0];
+      return [lo, od - ld + (kd - lo - 1)];
+    };
+    const xt = ops.transpose(x, [2, 1, 0, 3, 4]); // [Ci, G, N, H, W]
+    const ctt = ops.transpose(ct!, [1, 2, 0, 3, 4]); // [G, Co, N, OH, OW]
+    const dwt = bind("conv", [xt, ctt], {
+      stride: p.rhsDilation,
+      padding: [rhsPad(0, H, KH, OH), rhsPad(1, W, KW, OW)],
+      lhsDilation: p.lhsDilation,
+      rhsDilation: p.stride,
+    })[0]; // [Ci, G, Co, KH, KW]
+    return [dx, ops.transpose(dwt, [1, 2, 0, 3, 4])];
+  },
+  gather: (p, [x, idx], _o, [ct]) => [ops.scatterAdd(ct!, idx, p.axis, x.shape[p.axis]), null],
+  scatterAdd: (p, [_u, idx], _o, [ct]) => [ops.take(ct!, idx, p.axis), null],
+  reshape: (_p, [x], _o, [ct]) => [ops.reshape(ct!, x.shape)],
+  transpose: (p, _i, _o, [ct]) => {
+    const inv = new Array<number>(p.perm.length);
+    p.perm.forEach((a, i) => (inv[a] = i));
+    return [ops.transpose(ct!, inv)];
+  },
+  broadcast: (_p, [x], _o, [ct]) => [sumToShape(ct!, x.shape)],
+  slice: (p, [x], [y], [ct]) => {
+    const widths = x.shape.map((n, i): [number, number, number] => {
+      const m = y.shape[i];
+      if (m === 0) return [0, n, 0];
+      const last = p.starts[i] + (m - 1) * p.steps[i];
+      return [p.starts[i], n - last - 1, p.steps[i] - 1];
+    });
+    if (y.shape.some((m) => m === 0)) return [ops.zerosLike(x)];
+    return [bind("pad", [ct!], { widths })[0]];
+  },
+  pad: (p, [x], _o, [ct]) => {
+    const starts = p.widths.map((w) => w[0]);
+    const steps = p.widths.map((w) => w[2] + 1);
+    const ends = x.shape.map((n, i) => (n === 0 ? starts[i] : starts[i] + (n - 1) * steps[i] + 1));
+    return [bind("slice", [ct!], { starts, ends, steps })[0]];
+  },
+  flip: (p, _i, _o, [ct]) => [ops.flip(ct!, p.axes)],
+  concat: (p, ins, _o, [ct]) => {
+    let off = 0;
+    return ins.map((x) => {
+      const s = new Array(x.ndim).fill(0), e = [...ct!.shape];
+      s[p.axis] = off;
+      e[p.axis] = off + x.shape[p.axis];
+      off += x.shape[p.axis];
+      return ops.slice(ct!, s, e);
+    });
+  },
+  random: () => [],
+};
