@@ -1,4 +1,5 @@
 /**
+import "./backends.ts";
  * @file The tensor layer: values, primitives, backends, PRNG.
  */
 export * from "./ops.ts";
