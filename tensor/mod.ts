@@ -1,7 +1,7 @@
 /**
-import "./backends.ts";
  * @file The tensor layer: values, primitives, backends, PRNG.
  */
+import "./backends.ts";
 export * from "./ops.ts";
 export { DTYPES, type DType, isFloat, type TypedArray } from "./dtype.ts";
 export { DifflabError, DTypeError, ShapeError } from "./errors.ts";
