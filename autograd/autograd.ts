@@ -222,7 +222,9 @@ export function valueAndGrad<A extends unknown[]>(
     const { out, trace, wrapped } = traced(f as (...a: unknown[]) => unknown, args, argnums);
     let value: unknown = out, aux: unknown;
     if (opts.hasAux) {
-      if (!Array.isArray(out) || out.length !== 2) throw new DifflabError("grad: hasAux needs f to return [value, aux]");
+      if (!Array.isArray(out) || out.length !== 2) {
+        throw new DifflabError("grad: hasAux needs f to return [value, aux]");
+      }
       [value, aux] = out;
     }
     const v = scalarOut("grad", value);
@@ -293,7 +295,9 @@ export function customVjp<A extends unknown[], R, Res>(
       args.forEach((a, i) => {
         const n = leaves(a).length;
         const gl = g[i] === null || g[i] === undefined ? new Array(n).fill(null) : leaves(g[i]);
-        if (gl.length !== n) throw new DifflabError(`customVjp: gradient ${i} has ${gl.length} tensors, argument has ${n}`);
+        if (gl.length !== n) {
+          throw new DifflabError(`customVjp: gradient ${i} has ${gl.length} tensors, argument has ${n}`);
+        }
         flat.push(...gl);
       });
       return flat;

@@ -11,7 +11,12 @@ import { bind, type Tensor } from "../tensor/tensor.ts";
 
 type Ct = Tensor | null;
 /** A VJP rule: output cotangents (non-null for at least one output) to input cotangents. */
-export type VjpRule<P extends Prim> = (p: ParamsOf[P], ins: readonly Tensor[], outs: readonly Tensor[], cts: Ct[]) => Ct[];
+export type VjpRule<P extends Prim> = (
+  p: ParamsOf[P],
+  ins: readonly Tensor[],
+  outs: readonly Tensor[],
+  cts: Ct[],
+) => Ct[];
 
 /** Sums a cotangent of a broadcast result back to the operand's shape. */
 export function sumToShape(ct: Tensor, shape: readonly number[]): Tensor {
@@ -27,6 +32,11 @@ export function sumToShape(ct: Tensor, shape: readonly number[]): Tensor {
 const un = (f: (x: Tensor, y: Tensor, ct: Tensor) => Tensor): VjpRule<Prim> => (_p, ins, outs, cts) => [
   f(ins[0], outs[0], cts[0]!),
 ];
+
+/** 1 where `x` wins the comparison, 0.5 on ties (as JAX splits ties), else 0. */
+function share(wins: (a: Tensor, b: Tensor) => Tensor, x: Tensor, y: Tensor): Tensor {
+  return ops.add(ops.cast(wins(x, y), x.dtype), ops.mul(ops.cast(ops.equal(x, y), x.dtype), 0.5));
+}
 
 const zero: VjpRule<Prim> = (_p, ins) => ins.map(() => null);
 
@@ -56,12 +66,10 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
     ops.mul(ct!, ops.mul(ops.log(ops.where(ops.equal(a, 0), 1, a)), y)),
   ],
   maximum: (_p, [a, b], _o, [ct]) => {
-    const share = (x: Tensor, y: Tensor) => ops.where(ops.greater(x, y), 1, ops.where(ops.equal(x, y), 0.5, 0));
-    return [ops.mul(ct!, share(a, b)), ops.mul(ct!, share(b, a))];
+    return [ops.mul(ct!, share(ops.greater, a, b)), ops.mul(ct!, share(ops.greater, b, a))];
   },
   minimum: (_p, [a, b], _o, [ct]) => {
-    const share = (x: Tensor, y: Tensor) => ops.where(ops.less(x, y), 1, ops.where(ops.equal(x, y), 0.5, 0));
-    return [ops.mul(ct!, share(a, b)), ops.mul(ct!, share(b, a))];
+    return [ops.mul(ct!, share(ops.less, a, b)), ops.mul(ct!, share(ops.less, b, a))];
   },
   compare: zero,
   where: (_p, [c], _o, [ct]) => [null, ops.where(c, ct!, 0), ops.where(c, 0, ct!)],

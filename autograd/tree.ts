@@ -11,7 +11,7 @@ export function leaves(tree: unknown): Tensor[] {
   const walk = (t: unknown) => {
     if (t instanceof Tensor) out.push(t);
     else if (Array.isArray(t)) t.forEach(walk);
-    else if (isRecord(t)) for (const k of Object.keys(t)) walk(t[k]);
+    else if (isRecord(t)) { for (const k of Object.keys(t)) walk(t[k]); }
   };
   walk(tree);
   return out;

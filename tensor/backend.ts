@@ -24,7 +24,13 @@ export interface Backend {
   /** Synchronous read, where the backend can do it; otherwise undefined. */
   readSync?(h: Handle, aval: Aval): TypedArray;
   /** Runs one primitive. Input handles stay owned by the caller. */
-  run<P extends Prim>(prim: P, inputs: Handle[], inAvals: readonly Aval[], params: ParamsOf[P], outAvals: readonly Aval[]): Handle[];
+  run<P extends Prim>(
+    prim: P,
+    inputs: Handle[],
+    inAvals: readonly Aval[],
+    params: ParamsOf[P],
+    outAvals: readonly Aval[],
+  ): Handle[];
   /** A second handle onto the same storage (bumps its reference count). */
   retain(h: Handle): Handle;
   /** Drops one reference; storage is freed when none is left. */

@@ -142,7 +142,12 @@ const CMP: Record<ParamsOf["compare"]["op"], (a: number, b: number) => boolean> 
   ne: (a, b) => a !== b,
 };
 
-type Kernel<P extends Prim> = (ins: CpuHandle[], inAvals: readonly Aval[], p: ParamsOf[P], out: readonly Aval[]) => CpuHandle[];
+type Kernel<P extends Prim> = (
+  ins: CpuHandle[],
+  inAvals: readonly Aval[],
+  p: ParamsOf[P],
+  out: readonly Aval[],
+) => CpuHandle[];
 
 function unaryK(name: string): Kernel<Prim> {
   const f = UNARY[name];
@@ -303,7 +308,7 @@ const kernels: { [P in Prim]: Kernel<P> } = {
   cast: (ins, _a, p, out) => {
     const x = contig(ins[0]);
     const y = allocHost(p.dtype, x.length);
-    if (p.dtype === "bool") for (let i = 0; i < x.length; i++) y[i] = x[i] !== 0 ? 1 : 0;
+    if (p.dtype === "bool") { for (let i = 0; i < x.length; i++) y[i] = x[i] !== 0 ? 1 : 0; }
     else if (p.dtype === "i32" || p.dtype === "u32") {
       // Truncate toward zero as C casts do; NaN becomes 0.
       for (let i = 0; i < x.length; i++) y[i] = Number.isFinite(x[i]) ? Math.trunc(x[i]) : 0;

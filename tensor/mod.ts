@@ -3,7 +3,7 @@
  */
 import "./backends.ts";
 export * from "./ops.ts";
-export { DTYPES, type DType, isFloat, type TypedArray } from "./dtype.ts";
+export { type DType, DTYPES, isFloat, type TypedArray } from "./dtype.ts";
 export { DifflabError, DTypeError, ShapeError } from "./errors.ts";
 export {
   alias,
@@ -20,6 +20,6 @@ export {
   tidy,
 } from "./tensor.ts";
 export type { BackendName } from "./backend.ts";
-export { PRIMS, type Prim } from "./prims.ts";
+export { type Prim, PRIMS } from "./prims.ts";
 export * as random from "./random.ts";
 export { erfinv, Key, randomKey } from "./random.ts";

@@ -351,7 +351,9 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const [m, k] = a2.shape.slice(-2);
   const [k2, n] = b2.shape.slice(-2);
   if (k !== k2) {
-    throw new ShapeError(`matmul: inner dimensions differ: ${fmtShape(a.shape)} @ ${fmtShape(b.shape)} (${k} vs ${k2})`);
+    throw new ShapeError(
+      `matmul: inner dimensions differ: ${fmtShape(a.shape)} @ ${fmtShape(b.shape)} (${k} vs ${k2})`,
+    );
   }
   const batch = broadcastShapes("matmul", a2.shape.slice(0, -2), b2.shape.slice(0, -2));
   const B = size(batch);
@@ -417,7 +419,9 @@ export function expandDims(x: Tensor, axis: number): Tensor {
 export function squeeze(x: Tensor, axes?: readonly number[]): Tensor {
   const ax = axes ? axes.map((a) => normAxis("squeeze", a, x.ndim)) : x.shape.flatMap((d, i) => (d === 1 ? [i] : []));
   for (const a of ax) {
-    if (x.shape[a] !== 1) throw new ShapeError(`squeeze: axis ${a} of ${fmtShape(x.shape)} has size ${x.shape[a]}, not 1`);
+    if (x.shape[a] !== 1) {
+      throw new ShapeError(`squeeze: axis ${a} of ${fmtShape(x.shape)} has size ${x.shape[a]}, not 1`);
+    }
   }
   return reshape(x, x.shape.filter((_, i) => !ax.includes(i)));
 }
@@ -439,7 +443,9 @@ export function slice(
   const st: number[] = [], en: number[] = [], sp: number[] = [];
   x.shape.forEach((d, i) => {
     const step = steps?.[i] ?? 1;
-    if (!Number.isInteger(step) || step < 1) throw new ShapeError(`slice: step ${step} on axis ${i} must be a positive integer`);
+    if (!Number.isInteger(step) || step < 1) {
+      throw new ShapeError(`slice: step ${step} on axis ${i} must be a positive integer`);
+    }
     const norm = (v: number) => Math.min(Math.max(v < 0 ? v + d : v, 0), d);
     const b = norm(starts[i] ?? 0);
     const e = Math.max(b, norm(ends?.[i] ?? d));
@@ -543,7 +549,10 @@ export function oneHot(labels: Tensor, n: number, dtype: DType = "f32"): Tensor 
 function arangeOn(like: Tensor, n: number): Tensor {
   const host = new Int32Array(n);
   for (let i = 0; i < n; i++) host[i] = i;
-  return new Tensor(like.backend, like.backend.fromHost(host, { shape: [n], dtype: "i32" }), { shape: [n], dtype: "i32" });
+  return new Tensor(like.backend, like.backend.fromHost(host, { shape: [n], dtype: "i32" }), {
+    shape: [n],
+    dtype: "i32",
+  });
 }
 
 /** Options of conv2d. */
@@ -551,14 +560,24 @@ export interface Conv2dOptions {
   /** Stride (number or [sh, sw]). */
   stride?: number | readonly [number, number];
   /** Padding: number, [ph, pw], [[top, bottom], [left, right]], "same" or "valid". */
-  padding?: number | readonly [number, number] | readonly [readonly [number, number], readonly [number, number]] | "same" | "valid";
+  padding?:
+    | number
+    | readonly [number, number]
+    | readonly [readonly [number, number], readonly [number, number]]
+    | "same"
+    | "valid";
   /** Kernel dilation. */
   dilation?: number | readonly [number, number];
   /** Feature groups (in and out channels must both divide by it). */
   groups?: number;
 }
 
-function pair(op: string, name: string, v: number | readonly [number, number] | undefined, dflt: number): [number, number] {
+function pair(
+  op: string,
+  name: string,
+  v: number | readonly [number, number] | undefined,
+  dflt: number,
+): [number, number] {
   const p: [number, number] = v === undefined ? [dflt, dflt] : typeof v === "number" ? [v, v] : [v[0], v[1]];
   if (!p.every((q) => Number.isInteger(q) && q >= (name === "padding" ? 0 : 1))) {
     throw new ShapeError(`${op}: invalid ${name} ${JSON.stringify(v)}`);
@@ -571,7 +590,9 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   checkTensor("conv2d", "x", x);
   checkTensor("conv2d", "w", w);
   if (x.ndim !== 4 || w.ndim !== 4) {
-    throw new ShapeError(`conv2d: expected x [N,C,H,W] and w [O,C/groups,KH,KW], got ${fmtShape(x.shape)} and ${fmtShape(w.shape)}`);
+    throw new ShapeError(
+      `conv2d: expected x [N,C,H,W] and w [O,C/groups,KH,KW], got ${fmtShape(x.shape)} and ${fmtShape(w.shape)}`,
+    );
   }
   if (x.dtype !== w.dtype) throw new DTypeError(`conv2d: x dtype ${x.dtype} and w dtype ${w.dtype} differ`);
   const g = opts.groups ?? 1;
@@ -579,7 +600,9 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   const [O, Cg, KH, KW] = w.shape;
   if (!Number.isInteger(g) || g < 1 || C % g !== 0 || O % g !== 0 || Cg * g !== C) {
     throw new ShapeError(
-      `conv2d: x ${fmtShape(x.shape)} and w ${fmtShape(w.shape)} do not match groups=${g} (need C = groups*w.shape[1] and O divisible by groups)`,
+      `conv2d: x ${fmtShape(x.shape)} and w ${
+        fmtShape(w.shape)
+      } do not match groups=${g} (need C = groups*w.shape[1] and O divisible by groups)`,
     );
   }
   const stride = pair("conv2d", "stride", opts.stride, 1);

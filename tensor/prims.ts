@@ -287,8 +287,24 @@ export const shapeRules: { [P in Prim]: ShapeRule<P> } = {
         throw new ShapeError(`conv: stride and dilations must be positive integers, got ${JSON.stringify(p)}`);
       }
     }
-    const oh = convOutSize(x.shape[3], w.shape[3], p.stride[0], p.padding[0][0], p.padding[0][1], p.lhsDilation[0], p.rhsDilation[0]);
-    const ow = convOutSize(x.shape[4], w.shape[4], p.stride[1], p.padding[1][0], p.padding[1][1], p.lhsDilation[1], p.rhsDilation[1]);
+    const oh = convOutSize(
+      x.shape[3],
+      w.shape[3],
+      p.stride[0],
+      p.padding[0][0],
+      p.padding[0][1],
+      p.lhsDilation[0],
+      p.rhsDilation[0],
+    );
+    const ow = convOutSize(
+      x.shape[4],
+      w.shape[4],
+      p.stride[1],
+      p.padding[1][0],
+      p.padding[1][1],
+      p.lhsDilation[1],
+      p.rhsDilation[1],
+    );
     if (oh < 0 || ow < 0 || !Number.isFinite(oh) || !Number.isFinite(ow)) {
       throw new ShapeError(
         `conv: kernel ${fmtShape(w.shape.slice(3))} does not fit input ${fmtShape(x.shape.slice(3))} with padding ${
@@ -364,7 +380,9 @@ export const shapeRules: { [P in Prim]: ShapeRule<P> } = {
     arity("pad", ins, 1);
     const s = ins[0].shape;
     if (p.widths.length !== s.length || p.widths.some((w) => w.some((v) => !Number.isInteger(v) || v < 0))) {
-      throw new ShapeError(`pad: widths ${JSON.stringify(p.widths)} must be non-negative [lo,hi,interior] per axis of ${fmtShape(s)}`);
+      throw new ShapeError(
+        `pad: widths ${JSON.stringify(p.widths)} must be non-negative [lo,hi,interior] per axis of ${fmtShape(s)}`,
+      );
     }
     return [{
       shape: s.map((d, i) => (d === 0 ? 0 : d + (d - 1) * p.widths[i][2]) + p.widths[i][0] + p.widths[i][1]),

@@ -27,7 +27,9 @@ export class Key {
 }
 
 function checkKey(op: string, key: unknown): Key {
-  if (!(key instanceof Key)) throw new DifflabError(`${op}: expected a Key from randomKey()/split(), got ${String(key)}`);
+  if (!(key instanceof Key)) {
+    throw new DifflabError(`${op}: expected a Key from randomKey()/split(), got ${String(key)}`);
+  }
   return key;
 }
 
@@ -65,12 +67,17 @@ export interface DrawOptions {
 }
 
 /** Uniform floats in [min, max). */
-export function uniform(key: Key, shape: readonly number[], opts: DrawOptions & { min?: number; max?: number } = {}): Tensor {
+export function uniform(
+  key: Key,
+  shape: readonly number[],
+  opts: DrawOptions & { min?: number; max?: number } = {},
+): Tensor {
   checkKey("random.uniform", key);
   const dtype = opts.dtype ?? "f32";
   if (!isFloat(dtype)) throw new DTypeError(`random.uniform: dtype must be floating-point, got ${dtype}`);
   const [lo, hi] = [opts.min ?? 0, opts.max ?? 1];
-  const u = bind("random", [], { key: key.data, shape: checkShape("random.uniform", shape), dtype, dist: "uniform" })[0];
+  const u =
+    bind("random", [], { key: key.data, shape: checkShape("random.uniform", shape), dtype, dist: "uniform" })[0];
   if (lo === 0 && hi === 1) return u;
   return ops.maximum(ops.add(ops.mul(u, hi - lo), lo), lo);
 }
@@ -118,7 +125,8 @@ export function erfinv(x: Tensor): Tensor {
   const small = ops.less(w, 5);
   const ws = ops.sub(w, 2.5);
   const wl = ops.sub(ops.sqrt(ops.where(small, 5, w)), 3);
-  const horner = (v: Tensor, cs: number[]) => cs.slice(1).reduce((p, c) => ops.add(ops.mul(p, v), c), ops.full(v.shape, cs[0], v.dtype, v));
+  const horner = (v: Tensor, cs: number[]) =>
+    cs.slice(1).reduce((p, c) => ops.add(ops.mul(p, v), c), ops.full(v.shape, cs[0], v.dtype, v));
   const ps = horner(ws, [
     2.81022636e-08,
     3.43273939e-07,

@@ -324,7 +324,7 @@ export interface TensorOptions {
   shape?: readonly number[];
 }
 
-function inferShape(data: unknown, op: string): number[] {
+function inferShape(data: unknown): number[] {
   const shape: number[] = [];
   let d = data;
   while (Array.isArray(d)) {
@@ -332,7 +332,6 @@ function inferShape(data: unknown, op: string): number[] {
     d = d[0];
   }
   return shape;
-  void op;
 }
 
 function flatten(data: unknown, shape: number[], out: number[], depth: number, op: string) {
@@ -364,7 +363,7 @@ export function tensor(data: NestedArray | ArrayLike<number>, opts: TensorOption
     flat = data as ArrayLike<number>;
     shape = [flat.length];
   } else {
-    shape = inferShape(data, "tensor");
+    shape = inferShape(data);
     const out: number[] = [];
     flatten(data, shape, out, 0, "tensor");
     flat = out;

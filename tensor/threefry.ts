@@ -28,7 +28,12 @@ export function threefry2x32(k0: number, k1: number, x0: number, x1: number): [n
 }
 
 /** JAX's `threefry_2x32(key, iota(n))`: n pseudo-random u32 words. */
-export function threefryBits(k0: number, k1: number, n: number, out: Uint32Array<ArrayBuffer> = new Uint32Array(n)): Uint32Array<ArrayBuffer> {
+export function threefryBits(
+  k0: number,
+  k1: number,
+  n: number,
+  out: Uint32Array<ArrayBuffer> = new Uint32Array(n),
+): Uint32Array<ArrayBuffer> {
   const half = Math.ceil(n / 2);
   for (let i = 0; i < half; i++) {
     const c1 = i + half;
