@@ -13,3 +13,5 @@
  */
 export * from "./tensor/mod.ts";
 export * from "./autograd/mod.ts";
+export * as nn from "./nn/mod.ts";
+export * as io from "./nn/io.ts";

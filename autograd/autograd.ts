@@ -7,7 +7,7 @@
  */
 import { isFloat } from "../tensor/dtype.ts";
 import { DifflabError, fmtShape, ShapeError } from "../tensor/errors.ts";
-import { installStopGradient, zerosLike } from "../tensor/ops.ts";
+import { zerosLike } from "../tensor/ops.ts";
 import * as ops from "../tensor/ops.ts";
 import { shapeEq } from "../tensor/shape.ts";
 import { alias, installVjp, Tensor, type Tracer, tracers } from "../tensor/tensor.ts";
@@ -207,6 +207,13 @@ function disposeIntermediates(trace: Trace, keep: unknown) {
 }
 
 /** Returns `(...args) => [value, grads]` (or `[[value, aux], grads]` with hasAux). */
+export function valueAndGrad<A extends unknown[]>(f: (...a: A) => Tensor): (...args: A) => [Tensor, A[0]];
+/** With options: `argnums` (number or array) and `hasAux`; results are untyped trees. */
+export function valueAndGrad<A extends unknown[]>(
+  f: (...a: A) => unknown,
+  opts?: GradOptions,
+): (...args: A) => [unknown, unknown];
+/** Implementation of both overloads. */
 export function valueAndGrad<A extends unknown[]>(
   f: (...a: A) => unknown,
   opts: GradOptions = {},
@@ -239,8 +246,12 @@ export function valueAndGrad<A extends unknown[]>(
 }
 
 /** Returns `(...args) => grads` of a scalar-valued function (with hasAux: `[grads, aux]`). */
+export function grad<A extends unknown[]>(f: (...a: A) => Tensor): (...args: A) => A[0];
+/** With options: `argnums` (number or array) and `hasAux`; results are untyped trees. */
+export function grad<A extends unknown[]>(f: (...a: A) => unknown, opts?: GradOptions): (...args: A) => unknown;
+/** Implementation of both overloads. */
 export function grad<A extends unknown[]>(f: (...a: A) => unknown, opts: GradOptions = {}): (...args: A) => unknown {
-  const vg = valueAndGrad(f, opts);
+  const vg = valueAndGrad<A>(f, opts);
   return (...args: A) => {
     const [v, g] = vg(...args);
     if (opts.hasAux) return [g, (v as unknown[])[1]];
@@ -252,7 +263,6 @@ export function grad<A extends unknown[]>(f: (...a: A) => unknown, opts: GradOpt
 export function stopGradient<T>(x: T): T {
   return mapLeaves(x, (t) => alias(t)) as T;
 }
-installStopGradient((x) => alias(x));
 
 function suspended<R>(f: () => R): R {
   const saved = tracers.splice(0, tracers.length);

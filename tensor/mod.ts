@@ -6,7 +6,6 @@ export * from "./ops.ts";
 export { type DType, DTYPES, isFloat, type TypedArray } from "./dtype.ts";
 export { DifflabError, DTypeError, ShapeError } from "./errors.ts";
 export {
-  alias,
   dispose,
   fromHost,
   getBackend,
@@ -18,8 +17,10 @@ export {
   tensor,
   type TensorOptions,
   tidy,
+  type Tree,
 } from "./tensor.ts";
-export type { BackendName } from "./backend.ts";
-export { type Prim, PRIMS } from "./prims.ts";
+export type { Backend, BackendName, Handle } from "./backend.ts";
+export { type Aval, type CmpOp, type ConvParams, type Empty, type ParamsOf, type Prim, PRIMS } from "./prims.ts";
+/** Functional PRNG: `split`, `normal`, `uniform`, `randint`, `bernoulli`, ... over immutable keys. */
 export * as random from "./random.ts";
 export { erfinv, Key, randomKey } from "./random.ts";

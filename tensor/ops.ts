@@ -4,11 +4,11 @@
  * op, the argument and the shapes/dtypes), broadcasts operands NumPy-style
  * through the `broadcast` view and then binds primitives.
  */
-import { allocHost, type DType, isFloat } from "./dtype.ts";
+import { allocHost, checkDType, type DType, isFloat } from "./dtype.ts";
 import { DifflabError, DTypeError, fmtShape, ShapeError } from "./errors.ts";
 import type { CmpOp } from "./prims.ts";
 import { broadcastShapes, checkShape, normAxes, normAxis, shapeEq, size } from "./shape.ts";
-import { bind, currentBackend, Tensor } from "./tensor.ts";
+import { alias, bind, currentBackend, Tensor } from "./tensor.ts";
 
 /** A Tensor or a JS number (which adopts the other operand's dtype). */
 export type TensorLike = Tensor | number;
@@ -31,7 +31,7 @@ export function scalar(v: number, dtype: DType = "f32", like?: Tensor): Tensor {
 /** A tensor of `shape` filled with `v` (a broadcast view of one scalar). */
 export function full(shape: readonly number[], v: number, dtype: DType = "f32", like?: Tensor): Tensor {
   const s = checkShape("full", shape);
-  return broadcastTo(scalar(v, dtype, like), s);
+  return broadcastTo(scalar(v, checkDType("full", dtype), like), s);
 }
 
 /** Zeros of `shape`. */
@@ -56,9 +56,13 @@ export function onesLike(x: Tensor): Tensor {
 
 /** `[start, stop)` in steps of `step`, like numpy.arange (`arange(n)` = 0..n-1). */
 export function arange(start: number, stop?: number, step = 1, dtype: DType = "f32"): Tensor {
+  checkDType("arange", dtype);
   if (stop === undefined) [start, stop] = [0, start];
   if (!(step !== 0 && Number.isFinite(step))) throw new DifflabError(`arange: step must be non-zero, got ${step}`);
   const n = Math.max(0, Math.ceil((stop - start) / step));
+  if (!Number.isFinite(start) || !Number.isFinite(stop)) {
+    throw new DifflabError(`arange: [${start}, ${stop}) with step ${step} is not a finite range`);
+  }
   const host = allocHost(dtype, n);
   for (let i = 0; i < n; i++) host[i] = start + i * step;
   const b = currentBackend();
@@ -67,6 +71,8 @@ export function arange(start: number, stop?: number, step = 1, dtype: DType = "f
 
 /** `n` evenly spaced values from `start` to `stop` inclusive. */
 export function linspace(start: number, stop: number, n: number, dtype: DType = "f32"): Tensor {
+  checkDType("linspace", dtype);
+  if (!Number.isInteger(n) || n < 0) throw new DifflabError(`linspace: n must be a non-negative integer, got ${n}`);
   const host = allocHost(dtype, n);
   for (let i = 0; i < n; i++) host[i] = n === 1 ? start : start + ((stop - start) * i) / (n - 1);
   const b = currentBackend();
@@ -87,14 +93,18 @@ function lift(op: string, a: TensorLike, b: TensorLike): [Tensor, Tensor] {
 }
 
 /** Broadcasts operands to a common shape (NumPy rules) without copying. */
-export function broadcastArrays(op: string, ...xs: Tensor[]): Tensor[] {
+export function broadcastArrays(...xs: Tensor[]): Tensor[] {
+  return bcast("broadcastArrays", ...xs);
+}
+
+function bcast(op: string, ...xs: Tensor[]): Tensor[] {
   const shape = broadcastShapes(op, ...xs.map((x) => x.shape));
   return xs.map((x) => (shapeEq(x.shape, shape) ? x : broadcastTo(x, shape)));
 }
 
 function binary(prim: "add" | "sub" | "mul" | "div" | "pow" | "maximum" | "minimum") {
   return (a: TensorLike, b: TensorLike): Tensor => {
-    const [x, y] = broadcastArrays(prim, ...lift(prim, a, b));
+    const [x, y] = bcast(prim, ...lift(prim, a, b));
     return bind(prim, [x, y], {})[0];
   };
 }
@@ -177,7 +187,7 @@ export function reciprocal(x: Tensor): Tensor {
 
 function compare(op: CmpOp) {
   return (a: TensorLike, b: TensorLike): Tensor => {
-    const [x, y] = broadcastArrays(op, ...lift(op, a, b));
+    const [x, y] = bcast(op, ...lift(op, a, b));
     return bind("compare", [x, y], { op })[0];
   };
 }
@@ -200,7 +210,7 @@ export function where(cond: Tensor, a: TensorLike, b: TensorLike): Tensor {
   checkTensor("where", "cond", cond);
   if (cond.dtype !== "bool") throw new DTypeError(`where: condition must be bool, got ${cond.dtype}`);
   const [x, y] = lift("where", a, b);
-  const [c, xx, yy] = broadcastArrays("where", cond, x, y);
+  const [c, xx, yy] = bcast("where", cond, x, y);
   return bind("where", [c, xx, yy], {})[0];
 }
 
@@ -228,7 +238,7 @@ function checkBool(op: string, x: Tensor): Tensor {
 /** Converts to another dtype (floats truncate toward zero into integers). */
 export function cast(x: Tensor, dtype: DType): Tensor {
   checkTensor("cast", "x", x);
-  if (x.dtype === dtype) return x;
+  if (x.dtype === checkDType("cast", dtype)) return x;
   return bind("cast", [x], { dtype })[0];
 }
 
@@ -302,7 +312,7 @@ export function cumprod(x: Tensor, axis = -1, reverse = false): Tensor {
 /** log(sum(exp(x))) over axes, stabilised by the maximum. */
 export function logsumexp(x: Tensor, opts: ReduceOptions = {}): Tensor {
   const m = stopGradientValue(max(x, { axis: opts.axis, keepdims: true }));
-  const safe = where(isFiniteT(m), m, 0);
+  const safe = where(isfinite(m), m, 0);
   const r = add(log(sum(exp(sub(x, safe)), { axis: opts.axis, keepdims: true })), safe);
   return opts.keepdims ? r : squeeze(r, normAxes("logsumexp", opts.axis, x.ndim));
 }
@@ -320,23 +330,19 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
 }
 
 /** True where finite (not NaN/Inf). */
-export function isFiniteT(x: Tensor): Tensor {
+export function isfinite(x: Tensor): Tensor {
   // x - x is 0 for finite values and NaN for NaN/Inf.
   return equal(sub(x, x), 0);
 }
 
 /** True where NaN. */
-export function isNaN(x: Tensor): Tensor {
+export function isnan(x: Tensor): Tensor {
   return notEqual(x, x);
 }
 
-// The stabilising max in softmax/logsumexp needs no gradient (it cancels);
-// autograd installs the real stopGradient here to avoid a layering cycle.
-let stopGradientValue: (x: Tensor) => Tensor = (x) => x;
-/** Internal: lets autograd provide stopGradient to library code here. */
-export function installStopGradient(f: (x: Tensor) => Tensor): void {
-  stopGradientValue = f;
-}
+// The stabilising max in softmax/logsumexp needs no gradient (it cancels
+// exactly), so it is taken as a constant: an untracked alias.
+const stopGradientValue = (x: Tensor): Tensor => alias(x);
 
 /** Matrix product with NumPy semantics (1-D operands, broadcast batch dims). */
 export function matmul(a: Tensor, b: Tensor): Tensor {
@@ -446,7 +452,13 @@ export function slice(
     if (!Number.isInteger(step) || step < 1) {
       throw new ShapeError(`slice: step ${step} on axis ${i} must be a positive integer`);
     }
-    const norm = (v: number) => Math.min(Math.max(v < 0 ? v + d : v, 0), d);
+    const norm = (v: number) => {
+      // Infinite bounds mean "to the end", as in Python; NaN and fractions are bugs in the caller.
+      if (!Number.isInteger(v) && Math.abs(v) !== Infinity) {
+        throw new ShapeError(`slice: index ${v} on axis ${i} of ${fmtShape(x.shape)} must be an integer`);
+      }
+      return Math.min(Math.max(v < 0 ? v + d : v, 0), d);
+    };
     const b = norm(starts[i] ?? 0);
     const e = Math.max(b, norm(ends?.[i] ?? d));
     st.push(b);
@@ -542,6 +554,9 @@ export function scatterAdd(updates: Tensor, indices: Tensor, axis: number, size:
 export function oneHot(labels: Tensor, n: number, dtype: DType = "f32"): Tensor {
   checkTensor("oneHot", "labels", labels);
   if (labels.dtype !== "i32") throw new DTypeError(`oneHot: labels must be i32, got ${labels.dtype}`);
+  if (!Number.isInteger(n) || n < 0) {
+    throw new DifflabError(`oneHot: number of classes must be a non-negative integer, got ${n}`);
+  }
   const classes = arangeOn(labels, n);
   return cast(equal(expandDims(labels, -1), classes), dtype);
 }
@@ -619,6 +634,16 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     padding = [[ph, ph], [pw, pw]];
   } else {
     const q = p as readonly (readonly [number, number])[];
+    if (
+      q.length !== 2 ||
+      !q.every((r) => Array.isArray(r) && r.length === 2 && r.every((v) => Number.isInteger(v) && v >= 0))
+    ) {
+      throw new ShapeError(
+        `conv2d: invalid padding ${
+          JSON.stringify(p)
+        } (expected [[top, bottom], [left, right]] of non-negative integers)`,
+      );
+    }
     padding = [[q[0][0], q[0][1]], [q[1][0], q[1][1]]];
   }
   const xg = reshape(x, [N, g, C / g, H, W]);

@@ -13,17 +13,21 @@ import { type Shape, shapeEq, size } from "./shape.ts";
 
 /** Abstract value: what a shape rule knows about a tensor. */
 export interface Aval {
+  /** Dimensions; `[]` for a scalar. */
   readonly shape: readonly number[];
+  /** Element type. */
   readonly dtype: DType;
 }
 
-type Empty = Record<string, never>;
+/** Parameters of a primitive that takes none. */
+export type Empty = Record<string, never>;
 
 /** Comparison kinds of the `compare` primitive. */
 export type CmpOp = "lt" | "le" | "gt" | "ge" | "eq" | "ne";
 
 /** Parameters of the general grouped convolution primitive (see `conv`). */
 export interface ConvParams {
+  /** `[sh, sw]`. */
   readonly stride: readonly [number, number];
   /** `[[top, bottom], [left, right]]`; may be negative (crop). */
   readonly padding: readonly [readonly [number, number], readonly [number, number]];
@@ -35,35 +39,65 @@ export interface ConvParams {
 
 /** Parameter record of every primitive. */
 export interface ParamsOf {
+  /** Elementwise -x. */
   neg: Empty;
+  /** Elementwise e^x. */
   exp: Empty;
+  /** Elementwise natural log. */
   log: Empty;
+  /** Elementwise sine. */
   sin: Empty;
+  /** Elementwise cosine. */
   cos: Empty;
+  /** Elementwise tanh. */
   tanh: Empty;
+  /** Elementwise square root. */
   sqrt: Empty;
+  /** Elementwise 1/sqrt(x). */
   rsqrt: Empty;
+  /** Elementwise |x|. */
   abs: Empty;
+  /** Elementwise sign (-1, 0, 1). */
   sign: Empty;
+  /** Elementwise error function. */
   erf: Empty;
+  /** Elementwise floor. */
   floor: Empty;
+  /** Elementwise logistic sigmoid. */
   sigmoid: Empty;
+  /** Elementwise log(1+x). */
   log1p: Empty;
+  /** Elementwise e^x - 1. */
   expm1: Empty;
+  /** Elementwise a + b (same shapes). */
   add: Empty;
+  /** Elementwise a - b. */
   sub: Empty;
+  /** Elementwise a * b. */
   mul: Empty;
+  /** Elementwise a / b. */
   div: Empty;
+  /** Elementwise a ** b. */
   pow: Empty;
+  /** Elementwise maximum. */
   maximum: Empty;
+  /** Elementwise minimum. */
   minimum: Empty;
+  /** Elementwise comparison `op`, giving bool. */
   compare: { readonly op: CmpOp };
+  /** `cond ? a : b` elementwise (cond is bool). */
   where: Empty;
+  /** Conversion to `dtype`. */
   cast: { readonly dtype: DType };
+  /** Sum over `axes`. */
   sum: { readonly axes: readonly number[]; readonly keepdims: boolean };
+  /** Maximum over `axes`. */
   max: { readonly axes: readonly number[]; readonly keepdims: boolean };
+  /** Index (i32) of the maximum along `axis`. */
   argmax: { readonly axis: number; readonly keepdims: boolean };
+  /** Cumulative sum along `axis`. */
   cumsum: { readonly axis: number; readonly reverse: boolean };
+  /** Cumulative product along `axis`. */
   cumprod: { readonly axis: number; readonly reverse: boolean };
   /** Batched matmul `[B,M,K] x [B,K,N] -> [B,M,N]`. */
   dot: Empty;
@@ -73,13 +107,19 @@ export interface ParamsOf {
   gather: { readonly axis: number };
   /** Transpose of gather: sums `updates` into a zero tensor whose `axis` has `size`. */
   scatterAdd: { readonly axis: number; readonly size: number };
+  /** Reshape to `shape` (a view when strides allow). */
   reshape: { readonly shape: readonly number[] };
+  /** Axis permutation `perm` (a view). */
   transpose: { readonly perm: readonly number[] };
+  /** Broadcast to `shape` (a view, stride 0 on new axes). */
   broadcast: { readonly shape: readonly number[] };
+  /** Strided slice `[starts, ends)` by `steps` (a view). */
   slice: { readonly starts: readonly number[]; readonly ends: readonly number[]; readonly steps: readonly number[] };
   /** Per axis `[lo, hi, interior]`, all >= 0, filled with zeros. */
   pad: { readonly widths: readonly (readonly [number, number, number])[] };
+  /** Reverse along `axes` (a view). */
   flip: { readonly axes: readonly number[] };
+  /** Concatenation along `axis`. */
   concat: { readonly axis: number };
   /** Counter-based threefry2x32 bits (u32) or uniforms in [0, 1). */
   random: {

@@ -63,6 +63,7 @@ export function bits(key: Key, shape: readonly number[]): Tensor {
 
 /** Options of the float draws. */
 export interface DrawOptions {
+  /** Floating-point dtype of the draws (default `f32`). */
   dtype?: DType;
 }
 

@@ -320,7 +320,9 @@ export function liveBuffers(name?: BackendName): number {
 
 /** Options for `tensor()`. */
 export interface TensorOptions {
+  /** Element type (default: inferred from the data, `f32` for numbers). */
   dtype?: DType;
+  /** Shape to give the flat values (default: the nesting of `data`). */
   shape?: readonly number[];
 }
 
