@@ -238,7 +238,9 @@ export function valueAndGrad<A extends unknown[]>(
     const seeds = new Map<Tensor, Tensor>();
     if (trace.tracks(v)) seeds.set(v, ops.onesLike(v));
     const g = gradsFor(trace, wrapped, argnums, seeds);
-    for (const s of seeds.values()) if (s._traced === 0) s.dispose();
+    // When f returns an input itself, the seed is that input's gradient: keep it.
+    const gradLeaves = new Set(leaves(g));
+    for (const s of seeds.values()) if (s._traced === 0 && !gradLeaves.has(s)) s.dispose();
     const result = multi ? g : g[0];
     disposeIntermediates(trace, [out, result]);
     return [opts.hasAux ? [v, aux] : v, result];

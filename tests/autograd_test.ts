@@ -9,6 +9,9 @@ import fc from "fast-check";
 import * as d from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 
+// These are oracle tests in f64: pin the reference backend whatever the default becomes.
+await d.setBackend("cpu");
+
 // ---------------------------------------------------------------- helpers
 
 /** Deterministic uniform values in [lo, hi) (mulberry32), so failures replay from the fast-check seed. */
@@ -221,6 +224,35 @@ Deno.test("closures over constants: no gradient flows to them and they stay usab
   ) as Tensor;
   // d/dc sum(2 x c) = 2x
   assert.deepEqual(vals(gc), [2, 2, 2]);
+});
+
+Deno.test("grad edge cases: identity, an input passed twice, a leaf shared in a tree, nested closures", () => {
+  const s = d.tensor(3, { dtype: "f64" });
+  // f returns its input: the gradient is the seed itself and must survive.
+  const gi = d.grad((x: Tensor) => x)(s) as Tensor;
+  assert.ok(!gi.isDisposed);
+  assert.deepEqual(vals(gi), [1]);
+  const [vi, gi2] = d.valueAndGrad((x: Tensor) => x)(s) as [Tensor, Tensor];
+  assert.deepEqual([vals(vi), vals(gi2)], [[3], [1]]);
+  // The same tensor as two arguments: each argument gets its own partial derivative.
+  const x = d.tensor([1, 2], { dtype: "f64" });
+  const [ga, gb] = d.grad((a: Tensor, b: Tensor) => d.sum(d.mul(a, d.mul(b, b))), { argnums: [0, 1] })(
+    x,
+    x,
+  ) as Tensor[];
+  assert.deepEqual(vals(ga), [1, 4]);
+  assert.deepEqual(vals(gb), [2, 8]);
+  // The same tensor at two leaves of a tree.
+  const gt = d.grad((p: { a: Tensor; b: Tensor }) => d.sum(d.mul(p.a, d.mul(p.b, p.b))))({ a: x, b: x }) as {
+    a: Tensor;
+    b: Tensor;
+  };
+  assert.deepEqual([vals(gt.a), vals(gt.b)], [[1, 4], [2, 8]]);
+  // An inner grad whose function closes over the outer variable: d/dx sum(x * 2x*x) = 6x^2.
+  const nested = d.grad((x: Tensor) =>
+    d.sum(d.mul(x, d.grad((y: Tensor) => d.sum(d.mul(x, d.mul(y, y))))(x) as Tensor))
+  )(x) as Tensor;
+  assertClose(vals(nested), [6, 24], 1e-12);
 });
 
 // ---------------------------------------------------------------- vjp

@@ -8,6 +8,9 @@ import fc from "fast-check";
 import * as d from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 
+// These are oracle tests in f64: pin the reference backend whatever the default becomes.
+await d.setBackend("cpu");
+
 /** Asserts `fn` throws an instance of `cls` whose message contains every `parts` substring. */
 function throwsWith(fn: () => unknown, cls: typeof d.DifflabError, ...parts: string[]) {
   let caught: unknown;
