@@ -15,3 +15,4 @@ export * from "./tensor/mod.ts";
 export * from "./autograd/mod.ts";
 export * as nn from "./nn/mod.ts";
 export * as io from "./nn/io.ts";
+export * as diffusion from "./diffusion/mod.ts";
