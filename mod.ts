@@ -13,6 +13,13 @@
  */
 export * from "./tensor/mod.ts";
 export * from "./autograd/mod.ts";
+/** Functional layers, initialisers, optimisers, EMA, schedules and parameter-tree helpers. */
 export * as nn from "./nn/mod.ts";
+/** Checkpoint I/O: safetensors read/write (atomic) and PyTorch `.pt` state-dict reading. */
 export * as io from "./nn/io.ts";
+/** Gaussian diffusion (DiT), DiMR's formulation and DPM-Solver, flow matching, classifier-free guidance. */
 export * as diffusion from "./diffusion/mod.ts";
+/** The paper models (DiT, DyDiT, U-DiT, DiCo, DiMR), their named configs and the registry. */
+export * as models from "./models/mod.ts";
+/** The training loop, per-family objectives and samplers, and checkpoints. */
+export * as train from "./train/mod.ts";

@@ -61,18 +61,17 @@ export interface CfgOptions {
   scale: number;
   /** How many leading output channels are guided (official: 3). */
   channels?: number;
-  /** Apply guidance only where lo <= t <= hi (scale 1 elsewhere). */
+  /** Apply guidance only where lo <= t <= hi (elsewhere the conditional output is used). */
   interval?: GuidanceInterval;
 }
 
-function scaleFor(t: Tensor, s: number, interval: GuidanceInterval | undefined, like: Tensor): number | Tensor {
-  if (!interval) return s;
+// Per-sample "inside the guidance interval" mask shaped [n, 1, ...] like `like`.
+function intervalMask(t: Tensor, interval: GuidanceInterval, like: Tensor): Tensor {
   const [lo, hi] = interval;
   if (!(lo <= hi)) throw new DifflabError(`cfg: guidance interval [${lo}, ${hi}] is empty`);
   const tf = cast(t, like.dtype);
   const inside = logicalAnd(greaterEqual(tf, lo), lessEqual(tf, hi));
-  const per = where(inside, s, 1);
-  return reshape(per, [t.shape[0], ...like.shape.slice(1).map(() => 1)]);
+  return reshape(inside, [t.shape[0], ...like.shape.slice(1).map(() => 1)]);
 }
 
 /**
@@ -82,16 +81,22 @@ function scaleFor(t: Tensor, s: number, interval: GuidanceInterval | undefined, 
  */
 export function forwardWithCfg(model: ModelFn, x: Tensor, t: Tensor, y: Tensor, opts: CfgOptions): Tensor {
   const op = "forwardWithCfg";
-  if (x.shape[0] % 2 !== 0) throw new ShapeError(`${op}: x must hold an even batch [cond; uncond], got ${fmtShape(x.shape)}`);
+  if (x.shape[0] % 2 !== 0) {
+    throw new ShapeError(`${op}: x must hold an even batch [cond; uncond], got ${fmtShape(x.shape)}`);
+  }
   const n = x.shape[0] / 2;
   const half = slice(x, [0], [n]);
   const out = model(concat([half, half], 0), t, y);
   const ch = opts.channels ?? 3;
-  if (out.ndim < 2 || out.shape[1] < ch) throw new ShapeError(`${op}: model output ${fmtShape(out.shape)} has fewer than ${ch} channels`);
+  if (out.ndim < 2 || out.shape[1] < ch) {
+    throw new ShapeError(`${op}: model output ${fmtShape(out.shape)} has fewer than ${ch} channels`);
+  }
   const eps = slice(out, [0, 0], [2 * n, ch]);
   const rest = slice(out, [0, ch]);
   const cond = slice(eps, [0], [n]), uncond = slice(eps, [n]);
-  const guided = guide(cond, uncond, scaleFor(slice(t, [0], [n]), opts.scale, opts.interval, cond));
+  let guided = guide(cond, uncond, opts.scale);
+  // Outside the interval the conditional output passes through exactly.
+  if (opts.interval) guided = where(intervalMask(slice(t, [0], [n]), opts.interval, cond), guided, cond);
   const both = concat([guided, guided], 0);
   return rest.shape[1] === 0 ? both : concat([both, rest], 1);
 }
@@ -103,11 +108,19 @@ export function forwardWithCfg(model: ModelFn, x: Tensor, t: Tensor, y: Tensor, 
  * first half, at half the sampler cost.
  */
 export function cfgModel(model: ModelFn, opts: CfgOptions & { nullLabel: number }): ModelFn {
-  if (!Number.isInteger(opts.nullLabel)) throw new DifflabError(`cfgModel: nullLabel must be an integer, got ${opts.nullLabel}`);
+  if (!Number.isInteger(opts.nullLabel)) {
+    throw new DifflabError(`cfgModel: nullLabel must be an integer, got ${opts.nullLabel}`);
+  }
   return (x, t, y) => {
     if (!y) throw new DifflabError("cfgModel: the guided model needs class labels y");
     const n = x.shape[0];
-    const out = forwardWithCfg(model, concat([x, x], 0), concat([t, t], 0), concat([y, full([n], opts.nullLabel, y.dtype, y)], 0), opts);
+    const out = forwardWithCfg(
+      model,
+      concat([x, x], 0),
+      concat([t, t], 0),
+      concat([y, full([n], opts.nullLabel, y.dtype, y)], 0),
+      opts,
+    );
     return slice(out, [0], [n]);
   };
 }

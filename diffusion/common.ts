@@ -51,7 +51,9 @@ export function toTimesteps(op: string, t: Timesteps, n: number): Tensor {
   }
   if (Array.isArray(t)) {
     if (t.length !== n) throw new ShapeError(`${op}: ${t.length} timesteps for a batch of ${n}`);
-    if (!t.every(Number.isInteger)) throw new DifflabError(`${op}: timesteps must be integers, got ${JSON.stringify(t)}`);
+    if (!t.every(Number.isInteger)) {
+      throw new DifflabError(`${op}: timesteps must be integers, got ${JSON.stringify(t)}`);
+    }
     return tensor(Int32Array.from(t), { dtype: "i32" });
   }
   if (!(t instanceof Tensor)) throw new DifflabError(`${op}: t must be a Tensor, a number or an array of numbers`);
@@ -70,7 +72,7 @@ const deviceCopies = new WeakMap<ArrayLike<number>, Map<string, Tensor>>();
 /** A cached 1-D device tensor of a host schedule array, rounded to `dtype`. */
 export function scheduleTensor(arr: Float64Array | Int32Array, dtype: "f32" | "f64" | "f16" | "i32"): Tensor {
   let m = deviceCopies.get(arr);
-  if (!m) deviceCopies.set(arr, (m = new Map()));
+  if (!m) deviceCopies.set(arr, m = new Map());
   const key = `${getBackend()}:${dtype}`;
   let t = m.get(key);
   if (!t || t.isDisposed) {

@@ -10,7 +10,13 @@ import * as random from "../tensor/random.ts";
 import type { Key } from "../tensor/random.ts";
 import { type Tensor, tensor } from "../tensor/tensor.ts";
 import { checkSame, checkX, f32, scheduleTensor } from "./common.ts";
-import { type ContinuousModelFn, dpmSolver, type DpmSolver, noiseScheduleVP, type NoiseScheduleVP } from "./dpm_solver.ts";
+import {
+  type ContinuousModelFn,
+  type DpmSolver,
+  dpmSolver,
+  type NoiseScheduleVP,
+  noiseScheduleVP,
+} from "./dpm_solver.ts";
 
 /** DiMR's model: `(x, logSnr, y?) -> outputs`, one epsilon map per branch, lowest resolution first. */
 export type MultiScaleModelFn = (x: Tensor, logSnr: Tensor, y?: Tensor) => Tensor[];
@@ -25,13 +31,17 @@ export interface DimrSchedule {
   readonly cumAlphas: Float64Array;
   /** cum_betas[n] = 1 - cum_alphas[n], accumulated as the official skip_betas (length N+1). */
   readonly cumBetas: Float64Array;
+  /** sqrt(cum_alphas). */
   readonly sqrtCumAlphas: Float64Array;
+  /** sqrt(cum_betas). */
   readonly sqrtCumBetas: Float64Array;
 }
 
 /** Stable Diffusion's "scaled linear" betas: linspace(sqrt(start), sqrt(end), n)^2 in float64. */
 export function stableDiffusionBetas(linearStart = 0.00085, linearEnd = 0.012, n = 1000): Float64Array {
-  if (!Number.isInteger(n) || n < 2) throw new DifflabError(`stableDiffusionBetas: n must be an integer >= 2, got ${n}`);
+  if (!Number.isInteger(n) || n < 2) {
+    throw new DifflabError(`stableDiffusionBetas: n must be an integer >= 2, got ${n}`);
+  }
   const a = Math.sqrt(linearStart), b = Math.sqrt(linearEnd);
   // torch.linspace(float64) fills the first half from the start and the second from the end.
   const step = (b - a) / (n - 1), half = Math.floor(n / 2);
@@ -67,7 +77,9 @@ export function dimrSchedule(betas: ArrayLike<number> = stableDiffusionBetas()):
 
 function indices(op: string, n: Tensor | readonly number[], len: number, N: number): Tensor {
   const t = Array.isArray(n) ? tensor(Int32Array.from(n as number[]), { dtype: "i32" }) : (n as Tensor);
-  if (t.ndim !== 1 || t.shape[0] !== len) throw new ShapeError(`${op}: n must have shape [${len}], got ${fmtShape(t.shape)}`);
+  if (t.ndim !== 1 || t.shape[0] !== len) {
+    throw new ShapeError(`${op}: n must have shape [${len}], got ${fmtShape(t.shape)}`);
+  }
   if (t.dtype !== "i32") throw new DifflabError(`${op}: n must be an i32 tensor of steps in 1..${N}, got ${t.dtype}`);
   return t;
 }
@@ -106,7 +118,9 @@ export function multiScaleTargets(eps: Tensor, levels: number, scaleCorrection =
   const op = "multiScaleTargets";
   checkX(op, "eps", eps);
   if (eps.ndim !== 4) throw new ShapeError(`${op}: eps must be [B,C,H,W], got ${fmtShape(eps.shape)}`);
-  if (!Number.isInteger(levels) || levels < 1) throw new DifflabError(`${op}: levels must be a positive integer, got ${levels}`);
+  if (!Number.isInteger(levels) || levels < 1) {
+    throw new DifflabError(`${op}: levels must be a positive integer, got ${levels}`);
+  }
   const [, C, H, W] = eps.shape;
   const odd = H % 2 !== 0;
   const out: Tensor[] = [];
@@ -138,7 +152,9 @@ export interface DimrLossTerms {
 /** The multi-scale epsilon loss of given predictions (lowest resolution first) against noise `eps`. */
 export function multiScaleLoss(preds: readonly Tensor[], eps: Tensor, coeffs: readonly number[]): DimrLossTerms {
   const op = "multiScaleLoss";
-  if (!Array.isArray(preds) || preds.length === 0) throw new DifflabError(`${op}: preds must be a non-empty list of tensors`);
+  if (!Array.isArray(preds) || preds.length === 0) {
+    throw new DifflabError(`${op}: preds must be a non-empty list of tensors`);
+  }
   if (coeffs.length !== preds.length) {
     throw new DifflabError(`${op}: ${coeffs.length} coefficients for ${preds.length} predictions`);
   }
@@ -149,7 +165,9 @@ export function multiScaleLoss(preds: readonly Tensor[], eps: Tensor, coeffs: re
     const target = byWidth.get(p.shape[p.ndim - 1]);
     if (!target) {
       throw new ShapeError(
-        `${op}: prediction ${k} ${fmtShape(p.shape)} matches no target size (${targets.map((t) => fmtShape(t.shape)).join(", ")})`,
+        `${op}: prediction ${k} ${fmtShape(p.shape)} matches no target size (${
+          targets.map((t) => fmtShape(t.shape)).join(", ")
+        })`,
       );
     }
     checkSame(op, `preds[${k}]`, p, "target", target);
@@ -173,7 +191,9 @@ export function dimrLossFromNoise(
   const ni = indices("dimrLoss", n, x0.shape[0], s.N);
   const logSnr = dimrLogSnr(ni, x0.dtype === "f64" ? "f64" : "f32");
   const preds = model(xn, logSnr, opts.y);
-  if (!Array.isArray(preds)) throw new DifflabError("dimrLoss: the model must return a list of outputs (lowest resolution first)");
+  if (!Array.isArray(preds)) {
+    throw new DifflabError("dimrLoss: the model must return a list of outputs (lowest resolution first)");
+  }
   return { ...multiScaleLoss(preds, eps, opts.coeffs), xn, logSnr };
 }
 
@@ -205,7 +225,9 @@ export function dimrModelFn(model: MultiScaleModelFn, opts: { y?: Tensor; N?: nu
   const N = opts.N ?? 1000;
   return (x, t) => {
     const outs = model(x, full([x.shape[0]], dimrLogSnrFromContinuous(t, N), x.dtype, x), opts.y);
-    if (!Array.isArray(outs) || outs.length === 0) throw new DifflabError("dimrModelFn: the model must return a list of outputs");
+    if (!Array.isArray(outs) || outs.length === 0) {
+      throw new DifflabError("dimrModelFn: the model must return a list of outputs");
+    }
     return outs[outs.length - 1];
   };
 }

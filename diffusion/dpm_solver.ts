@@ -19,6 +19,7 @@ export type VpScheduleKind = "discrete" | "linear" | "cosine";
 
 /** A VP-SDE noise schedule: q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) for continuous t in [0, T]. */
 export interface NoiseScheduleVP {
+  /** Schedule kind. */
   readonly kind: VpScheduleKind;
   /** Last time of the forward process (1, or 0.9946 for cosine). */
   readonly T: number;
@@ -30,9 +31,11 @@ export interface NoiseScheduleVP {
   readonly logAlphaDiscrete: Float64Array;
   /** The 'discrete' knots reversed (increasing log alpha), for inverseLambda. */
   readonly logAlphaDiscreteRev: Float64Array;
+  /** The 'discrete' times reversed, matching logAlphaDiscreteRev. */
   readonly tDiscreteRev: Float64Array;
   /** Continuous-time linear-schedule betas (x1000 of the DDPM ones). */
   readonly beta0: number;
+  /** Upper bound of the continuous-time linear schedule. */
   readonly beta1: number;
   /** Rounding of every scalar operation: float32 (as the official code) or none (f64). */
   readonly round: (v: number) => number;
@@ -46,6 +49,7 @@ export interface NoiseScheduleOptions {
   alphasCumprod?: ArrayLike<number>;
   /** 'linear' schedule bounds in DDPM units (default 1e-4 and 0.02). */
   beta0?: number;
+  /** Upper bound of the linear schedule (DDPM units). */
   beta1?: number;
   /** Scalar precision: "f32" (default, as the official float32 tensors) or "f64". */
   dtype?: "f32" | "f64";
@@ -66,12 +70,14 @@ export function noiseScheduleVP(kind: VpScheduleKind, opts: NoiseScheduleOptions
       }
       // torch.cumsum on the CPU accumulates float32 in double and rounds each output.
       let acc = 0;
-      la = Float64Array.from(b, (v) => R(0.5 * R((acc += R(Math.log(R(1 - v)))))));
+      la = Float64Array.from(b, (v) => R(0.5 * R(acc += R(Math.log(R(1 - v))))));
     } else if (opts.alphasCumprod) {
       la = Float64Array.from(opts.alphasCumprod, (v) => R(0.5 * R(Math.log(R(v)))));
     } else throw new DifflabError(`${op}: the 'discrete' schedule needs opts.betas or opts.alphasCumprod`);
     totalN = la.length;
-    tDiscrete = Float64Array.from(opts.dtype === "f64" ? linspace64(1 / totalN, 1, totalN) : torchLinspaceF32(1 / totalN, 1, totalN));
+    tDiscrete = Float64Array.from(
+      opts.dtype === "f64" ? linspace64(1 / totalN, 1, totalN) : torchLinspaceF32(1 / totalN, 1, totalN),
+    );
     logAlphaDiscrete = la;
   } else if (kind !== "linear" && kind !== "cosine") {
     throw new DifflabError(`${op}: unsupported noise schedule "${kind}" (expected discrete, linear or cosine)`);
@@ -98,7 +104,12 @@ function linspace64(a: number, b: number, n: number): number[] {
  * The official `interpolate_fn` for one point: piecewise-linear through the knots (xp increasing),
  * extended linearly beyond the first and last segments, with the same operation order.
  */
-export function interpolate(x: number, xp: ArrayLike<number>, yp: ArrayLike<number>, round: (v: number) => number = f32): number {
+export function interpolate(
+  x: number,
+  xp: ArrayLike<number>,
+  yp: ArrayLike<number>,
+  round: (v: number) => number = f32,
+): number {
   const K = xp.length;
   if (K < 2) throw new DifflabError(`interpolate: needs at least 2 knots, got ${K}`);
   // Position of x among the knots: x sorts before knots equal to it.
@@ -184,14 +195,20 @@ export type ContinuousModelFn = (x: Tensor, t: number) => Tensor;
 
 /** A DPM-Solver: the wrapped model, its schedule, and whether updates run on x0 predictions. */
 export interface DpmSolver {
+  /** The continuous-time noise-prediction model. */
   readonly model: ContinuousModelFn;
+  /** Its noise schedule. */
   readonly ns: NoiseScheduleVP;
   /** Data-prediction updates (DPM-Solver++ style), as DiMR samples; default false. */
   readonly predictX0: boolean;
 }
 
 /** Builds a solver (DPM_Solver(model_fn, noise_schedule, predict_x0)). */
-export function dpmSolver(model: ContinuousModelFn, ns: NoiseScheduleVP, opts: { predictX0?: boolean } = {}): DpmSolver {
+export function dpmSolver(
+  model: ContinuousModelFn,
+  ns: NoiseScheduleVP,
+  opts: { predictX0?: boolean } = {},
+): DpmSolver {
   if (typeof model !== "function") throw new DifflabError("dpmSolver: model must be a function (x, t) -> eps");
   if (!ns || !ns.round) throw new DifflabError("dpmSolver: ns must come from noiseScheduleVP()");
   return { model, ns, predictX0: opts.predictX0 ?? false };
@@ -214,6 +231,7 @@ export interface UpdateOptions {
   r1?: number;
   /** Ratio of the second intermediate point (order 3; default 2/3). */
   r2?: number;
+  /** Update flavour (default dpm_solver). */
   solverType?: SolverType;
 }
 
@@ -244,7 +262,13 @@ function ratios(order: 2 | 3, opts: UpdateOptions) {
 }
 
 /** One DPM-Solver-2 step from s to t through the intermediate point at ratio r1 of the lambda step. */
-export function dpmSolverSecondUpdate(solver: DpmSolver, x: Tensor, s: number, t: number, opts: UpdateOptions = {}): Tensor {
+export function dpmSolverSecondUpdate(
+  solver: DpmSolver,
+  x: Tensor,
+  s: number,
+  t: number,
+  opts: UpdateOptions = {},
+): Tensor {
   const { ns } = solver;
   const R = ns.round;
   const { r1 } = ratios(2, opts);
@@ -262,22 +286,28 @@ export function dpmSolverSecondUpdate(solver: DpmSolver, x: Tensor, s: number, t
     const xs1 = sub(sc(x, R(ss1 / ss)), sc(n0, R(as1 * phi11)));
     const n1 = solverModelFn(solver, xs1, s1);
     const base = sub(sc(x, R(st / ss)), sc(n0, R(at * phi1)));
-    if (type === "dpm_solver") return sub(base, sc(sub(n1, n0), R(R((0.5 / r1)) * R(at * phi1))));
+    if (type === "dpm_solver") return sub(base, sc(sub(n1, n0), R(R(0.5 / r1) * R(at * phi1))));
     const c = R(at * R(R(R(R(Math.exp(-h)) - 1) / h) + 1));
-    return add(base, sc(sub(n1, n0), R(R((1 / r1)) * c)));
+    return add(base, sc(sub(n1, n0), R(R(1 / r1) * c)));
   }
   const phi11 = R(Math.expm1(R(R(r1) * h)));
   const phi1 = R(Math.expm1(h));
   const xs1 = sub(sc(x, R(Math.exp(R(las1 - las)))), sc(n0, R(ss1 * phi11)));
   const n1 = solverModelFn(solver, xs1, s1);
   const base = sub(sc(x, R(Math.exp(R(lat - las)))), sc(n0, R(st * phi1)));
-  if (type === "dpm_solver") return sub(base, sc(sub(n1, n0), R(R((0.5 / r1)) * R(st * phi1))));
+  if (type === "dpm_solver") return sub(base, sc(sub(n1, n0), R(R(0.5 / r1) * R(st * phi1))));
   const c = R(st * R(R(R(R(Math.exp(h)) - 1) / h) - 1));
-  return sub(base, sc(sub(n1, n0), R(R((1 / r1)) * c)));
+  return sub(base, sc(sub(n1, n0), R(R(1 / r1) * c)));
 }
 
 /** One DPM-Solver-3 step from s to t through intermediate points at ratios r1 and r2. */
-export function dpmSolverThirdUpdate(solver: DpmSolver, x: Tensor, s: number, t: number, opts: UpdateOptions = {}): Tensor {
+export function dpmSolverThirdUpdate(
+  solver: DpmSolver,
+  x: Tensor,
+  s: number,
+  t: number,
+  opts: UpdateOptions = {},
+): Tensor {
   const { ns } = solver;
   const R = ns.round;
   const { r1, r2 } = ratios(3, opts);
@@ -301,10 +331,10 @@ export function dpmSolverThirdUpdate(solver: DpmSolver, x: Tensor, s: number, t:
     const phi3 = R(R(phi2 / h) - 0.5);
     const xs1 = sub(sc(x, R(ss1 / ss)), sc(n0, R(as1 * phi11)));
     const n1 = solverModelFn(solver, xs1, s1);
-    const xs2 = add(sub(sc(x, R(ss2 / ss)), sc(n0, R(as2 * phi12))), sc(sub(n1, n0), R(R((r2 / r1)) * R(as2 * phi22))));
+    const xs2 = add(sub(sc(x, R(ss2 / ss)), sc(n0, R(as2 * phi12))), sc(sub(n1, n0), R(R(r2 / r1) * R(as2 * phi22))));
     const n2 = solverModelFn(solver, xs2, s2);
     const base = sub(sc(x, R(st / ss)), sc(n0, R(at * phi1)));
-    if (type === "dpm_solver") return add(base, sc(sub(n2, n0), R(R((1 / r2)) * R(at * phi2))));
+    if (type === "dpm_solver") return add(base, sc(sub(n2, n0), R(R(1 / r2) * R(at * phi2))));
     const { D1, D2 } = taylorDs(n0, n1, n2, r1, r2, R);
     return sub(add(base, sc(D1, R(at * phi2))), sc(D2, R(at * phi3)));
   }
@@ -318,11 +348,11 @@ export function dpmSolverThirdUpdate(solver: DpmSolver, x: Tensor, s: number, t:
   const n1 = solverModelFn(solver, xs1, s1);
   const xs2 = sub(
     sub(sc(x, R(Math.exp(R(las2 - las)))), sc(n0, R(ss2 * phi12))),
-    sc(sub(n1, n0), R(R((r2 / r1)) * R(ss2 * phi22))),
+    sc(sub(n1, n0), R(R(r2 / r1) * R(ss2 * phi22))),
   );
   const n2 = solverModelFn(solver, xs2, s2);
   const base = sub(sc(x, R(Math.exp(R(lat - las)))), sc(n0, R(st * phi1)));
-  if (type === "dpm_solver") return sub(base, sc(sub(n2, n0), R(R((1 / r2)) * R(st * phi2))));
+  if (type === "dpm_solver") return sub(base, sc(sub(n2, n0), R(R(1 / r2) * R(st * phi2))));
   const { D1, D2 } = taylorDs(n0, n1, n2, r1, r2, R);
   return sub(sub(base, sc(D1, R(st * phi2))), sc(D2, R(st * phi3)));
 }
@@ -433,7 +463,9 @@ export function getTimeSteps(ns: NoiseScheduleVP, skipType: SkipType, tT: number
 
 /** The per-step orders of DPM-Solver-fast for `steps` model evaluations (order 2 or 3). */
 export function fastOrders(steps: number, order: number): number[] {
-  if (!Number.isInteger(steps) || steps < 1) throw new DifflabError(`fastOrders: steps must be a positive integer, got ${steps}`);
+  if (!Number.isInteger(steps) || steps < 1) {
+    throw new DifflabError(`fastOrders: steps must be a positive integer, got ${steps}`);
+  }
   if (order === 3) {
     const K = Math.floor(steps / 3) + 1;
     const m = steps % 3;
@@ -448,11 +480,15 @@ export function fastOrders(steps: number, order: number): number[] {
 
 /** What {@link dpmSolverSample} reports after each update. Its tensor is valid only during the callback. */
 export interface DpmStepInfo {
+  /** 0-based update number. */
   step: number;
+  /** Number of updates. */
   total: number;
   /** Time reached by this update. */
   t: number;
+  /** Order of this update. */
   order: number;
+  /** The sample after this update. */
   x: Tensor;
 }
 
@@ -464,13 +500,17 @@ export interface DpmSampleOptions {
   eps?: number;
   /** Start time (default: the schedule's T). */
   T?: number;
+  /** Solver order (default 3). */
   order?: number;
+  /** Time-grid spacing (default time_uniform). */
   skipType?: SkipType;
   /** "fast" (default), "singlestep" or "multistep". */
   method?: "fast" | "singlestep" | "multistep";
+  /** Update flavour (default dpm_solver). */
   solverType?: SolverType;
   /** Finish with one denoising step x0(x, eps). */
   denoise?: boolean;
+  /** Called after every update (awaited if it returns a promise). */
   onStep?: (info: DpmStepInfo) => void | Promise<void>;
 }
 

@@ -23,7 +23,9 @@ export interface FlowOptions {
 function perSampleT(t: Tensor | number, x: Tensor): Tensor {
   const n = x.shape[0];
   const tt = typeof t === "number" ? full([n], t, x.dtype, x) : t;
-  if (tt.ndim !== 1 || tt.shape[0] !== n) throw new ShapeError(`flow: t must have shape [${n}], got ${fmtShape(tt.shape)}`);
+  if (tt.ndim !== 1 || tt.shape[0] !== n) {
+    throw new ShapeError(`flow: t must have shape [${n}], got ${fmtShape(tt.shape)}`);
+  }
   return tt;
 }
 
@@ -51,7 +53,9 @@ export function flowVelocity(model: ModelFn, x: Tensor, t: Tensor | number, opts
   const out = model(x, opts.timeScale && opts.timeScale !== 1 ? mul(tt, opts.timeScale) : tt, opts.y);
   const C = x.shape[1];
   if (out.ndim !== x.ndim || out.shape[0] !== x.shape[0] || (out.shape[1] !== C && out.shape[1] !== 2 * C)) {
-    throw new ShapeError(`flow: model output ${fmtShape(out.shape)} must have C or 2C channels for x ${fmtShape(x.shape)}`);
+    throw new ShapeError(
+      `flow: model output ${fmtShape(out.shape)} must have C or 2C channels for x ${fmtShape(x.shape)}`,
+    );
   }
   return out.shape[1] === C ? out : slice(out, [0, 0], [x.shape[0], C]);
 }
@@ -82,10 +86,13 @@ export function flowLoss(model: ModelFn, x0: Tensor, key: Key, opts: FlowOptions
 
 /** What the flow samplers report after each step. Its tensor is valid only during the callback. */
 export interface FlowStepInfo {
+  /** 0-based step number. */
   step: number;
+  /** Number of steps. */
   total: number;
   /** Time reached by this step. */
   t: number;
+  /** The sample after this step. */
   x: Tensor;
 }
 
@@ -95,7 +102,9 @@ export interface FlowSampleOptions extends FlowOptions {
   steps?: number;
   /** Integrate from tStart (default 1) down to tEnd (default 0). */
   tStart?: number;
+  /** End time (default 0). */
   tEnd?: number;
+  /** Called after every step (awaited if it returns a promise). */
   onStep?: (info: FlowStepInfo) => void | Promise<void>;
 }
 
@@ -108,7 +117,9 @@ async function integrate(
 ): Promise<Tensor> {
   checkX(op, "noise", noise);
   const steps = opts.steps ?? 50;
-  if (!Number.isInteger(steps) || steps < 1) throw new DifflabError(`${op}: steps must be a positive integer, got ${steps}`);
+  if (!Number.isInteger(steps) || steps < 1) {
+    throw new DifflabError(`${op}: steps must be a positive integer, got ${steps}`);
+  }
   const t0 = opts.tStart ?? 1, t1 = opts.tEnd ?? 0;
   let x = noise;
   for (let k = 0; k < steps; k++) {

@@ -33,12 +33,12 @@ import {
   slice,
   sqrt,
   sub,
-  tanh,
   take,
+  tanh,
   where,
 } from "../tensor/ops.ts";
 import * as random from "../tensor/random.ts";
-import { type Key } from "../tensor/random.ts";
+import type { Key } from "../tensor/random.ts";
 import { type Tensor, tidy, tracers } from "../tensor/tensor.ts";
 import {
   checkSame,
@@ -67,36 +67,55 @@ export interface GaussianDiffusion {
   readonly originalNumSteps: number;
   /** Respaced index -> original timestep (the value the model receives). */
   readonly timestepMap: Int32Array;
+  /** What the model predicts. */
   readonly meanType: MeanType;
+  /** How the reverse variance is obtained. */
   readonly varType: VarType;
+  /** Which training loss `trainingLosses` computes. */
   readonly lossType: LossType;
+  /** Per-step betas (float64). */
   readonly betas: Float64Array;
   /** log(betas), the upper end of the learned-range log variance. */
   readonly logBetas: Float64Array;
+  /** alphabar_t = prod_{s<=t} (1 - beta_s). */
   readonly alphasCumprod: Float64Array;
+  /** alphabar_{t-1}, with 1 at t = 0. */
   readonly alphasCumprodPrev: Float64Array;
+  /** alphabar_{t+1}, with 0 at the last step. */
   readonly alphasCumprodNext: Float64Array;
+  /** sqrt(alphabar_t). */
   readonly sqrtAlphasCumprod: Float64Array;
+  /** sqrt(1 - alphabar_t). */
   readonly sqrtOneMinusAlphasCumprod: Float64Array;
   /** 1 - alphas_cumprod (q(x_t|x_0)'s variance). */
   readonly oneMinusAlphasCumprod: Float64Array;
+  /** log(1 - alphabar_t). */
   readonly logOneMinusAlphasCumprod: Float64Array;
+  /** sqrt(1 / alphabar_t). */
   readonly sqrtRecipAlphasCumprod: Float64Array;
+  /** sqrt(1 / alphabar_t - 1). */
   readonly sqrtRecipm1AlphasCumprod: Float64Array;
+  /** Variance of q(x_{t-1} | x_t, x_0); 0 at t = 0. */
   readonly posteriorVariance: Float64Array;
   /** log posterior variance with its first entry (0) replaced by the second; empty for one step. */
   readonly posteriorLogVarianceClipped: Float64Array;
+  /** Posterior mean coefficient of x_0. */
   readonly posteriorMeanCoef1: Float64Array;
+  /** Posterior mean coefficient of x_t. */
   readonly posteriorMeanCoef2: Float64Array;
   /** FIXED_LARGE's variance: [posterior_variance[1], betas[1:]], and its log. */
   readonly fixedLargeVariance: Float64Array;
+  /** log of fixedLargeVariance. */
   readonly fixedLargeLogVariance: Float64Array;
 }
 
 /** Options of {@link gaussianDiffusion}. */
 export interface GaussianDiffusionOptions {
+  /** What the model predicts (default epsilon). */
   meanType?: MeanType;
+  /** Variance parameterisation (default learned_range). */
   varType?: VarType;
+  /** Training loss (default mse). */
   lossType?: LossType;
   /** Respaced index -> original timestep; identity by default. */
   timestepMap?: Int32Array | readonly number[];
@@ -110,7 +129,9 @@ const LOSS_TYPES: readonly LossType[] = ["mse", "rescaled_mse", "kl", "rescaled_
 
 function oneOf<T extends string>(op: string, name: string, v: T | undefined, all: readonly T[], dflt: T): T {
   if (v === undefined) return dflt;
-  if (!all.includes(v)) throw new DifflabError(`${op}: ${name} must be one of ${all.join("|")}, got ${JSON.stringify(v)}`);
+  if (!all.includes(v)) {
+    throw new DifflabError(`${op}: ${name} must be one of ${all.join("|")}, got ${JSON.stringify(v)}`);
+  }
   return v;
 }
 
@@ -136,7 +157,9 @@ export function gaussianDiffusion(
   const pv = map64(b, (v, i) => (v * (1 - acpPrev[i])) / (1 - acp[i]));
   const plvc = T > 1 ? map64(pv, (v, i) => Math.log(i === 0 ? pv[1] : v)) : new Float64Array(0);
   const fixedLarge = map64(b, (v, i) => (i === 0 ? (T > 1 ? pv[1] : v) : v));
-  const timestepMap = opts.timestepMap ? Int32Array.from(opts.timestepMap) : Int32Array.from({ length: T }, (_, i) => i);
+  const timestepMap = opts.timestepMap
+    ? Int32Array.from(opts.timestepMap)
+    : Int32Array.from({ length: T }, (_, i) => i);
   if (timestepMap.length !== T) {
     throw new DifflabError(`${op}: timestepMap has ${timestepMap.length} entries for ${T} betas`);
   }
@@ -212,11 +235,15 @@ export function spacedDiffusion(
 export interface CreateDiffusionOptions {
   /** "linear" (default) or "squaredcos_cap_v2". */
   noiseSchedule?: string;
+  /** Train on the rescaled VLB only. */
   useKl?: boolean;
+  /** Without learned sigma: the posterior variance instead of beta. */
   sigmaSmall?: boolean;
+  /** The model predicts x_0 instead of epsilon. */
   predictXstart?: boolean;
   /** Learned sigma (2C output channels); default true. */
   learnSigma?: boolean;
+  /** Scale the VLB term by T/1000 (rescaled_mse). */
   rescaleLearnedSigmas?: boolean;
   /** Steps of the base process; default 1000. */
   diffusionSteps?: number;
@@ -242,7 +269,12 @@ export function createDiffusion(respacing: RespacingSpec = "", opts: CreateDiffu
 // ------------------------------------------------------------------ distributions
 
 /** KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats (broadcasting). */
-export function normalKl(mean1: Tensor, logvar1: Tensor | number, mean2: Tensor | number, logvar2: Tensor | number): Tensor {
+export function normalKl(
+  mean1: Tensor,
+  logvar1: Tensor | number,
+  mean2: Tensor | number,
+  logvar2: Tensor | number,
+): Tensor {
   const T = (v: Tensor | number) => (typeof v === "number" ? scalar(v, mean1.dtype, mean1) : v);
   const [lv1, m2, lv2] = [T(logvar1), T(mean2), T(logvar2)];
   const diff = sub(mean1, m2);
@@ -308,7 +340,10 @@ export function qSample(d: GaussianDiffusion, x0: Tensor, t: Timesteps, noise: T
   checkX(op, "x0", x0);
   checkSame(op, "x0", x0, "noise", noise);
   const ti = prep(op, d, t, x0.shape[0]);
-  return add(mul(extract(op, d.sqrtAlphasCumprod, ti, x0), x0), mul(extract(op, d.sqrtOneMinusAlphasCumprod, ti, x0), noise));
+  return add(
+    mul(extract(op, d.sqrtAlphasCumprod, ti, x0), x0),
+    mul(extract(op, d.sqrtOneMinusAlphasCumprod, ti, x0), noise),
+  );
 }
 
 /** Mean, variance and clipped log variance of the posterior q(x_{t-1} | x_t, x_0). */
@@ -334,7 +369,10 @@ export function predictXstartFromEps(d: GaussianDiffusion, xt: Tensor, t: Timest
   const op = "predictXstartFromEps";
   checkSame(op, "xt", xt, "eps", eps);
   const ti = prep(op, d, t, xt.shape[0]);
-  return sub(mul(extract(op, d.sqrtRecipAlphasCumprod, ti, xt), xt), mul(extract(op, d.sqrtRecipm1AlphasCumprod, ti, xt), eps));
+  return sub(
+    mul(extract(op, d.sqrtRecipAlphasCumprod, ti, xt), xt),
+    mul(extract(op, d.sqrtRecipm1AlphasCumprod, ti, xt), eps),
+  );
 }
 
 /** eps = (sqrt(1/acp) x_t - x_0) / sqrt(1/acp - 1). */
@@ -342,7 +380,10 @@ export function predictEpsFromXstart(d: GaussianDiffusion, xt: Tensor, t: Timest
   const op = "predictEpsFromXstart";
   checkSame(op, "xt", xt, "x0", x0);
   const ti = prep(op, d, t, xt.shape[0]);
-  return div(sub(mul(extract(op, d.sqrtRecipAlphasCumprod, ti, xt), xt), x0), extract(op, d.sqrtRecipm1AlphasCumprod, ti, xt));
+  return div(
+    sub(mul(extract(op, d.sqrtRecipAlphasCumprod, ti, xt), xt), x0),
+    extract(op, d.sqrtRecipm1AlphasCumprod, ti, xt),
+  );
 }
 
 // ------------------------------------------------------------------ reverse process
@@ -359,9 +400,13 @@ export interface ReverseOptions {
 
 /** The result of {@link pMeanVariance}. */
 export interface PMeanVariance {
+  /** Mean of p(x_{t-1} | x_t). */
   mean: Tensor;
+  /** Variance of p(x_{t-1} | x_t). */
   variance: Tensor;
+  /** Log variance of p(x_{t-1} | x_t). */
   logVariance: Tensor;
+  /** The x_0 prediction. */
   predXstart: Tensor;
   /** The raw model output. */
   modelOutput: Tensor;
@@ -409,7 +454,9 @@ export function pMeanVarianceFromOutput(
     const v = slice(modelOutput, [0, C], [x.shape[0], 2 * C]);
     if (d.varType === "learned") logVariance = v;
     else {
-      if (d.numTimesteps < 2) throw new DifflabError(`${op}: a learned-range variance needs at least 2 diffusion steps`);
+      if (d.numTimesteps < 2) {
+        throw new DifflabError(`${op}: a learned-range variance needs at least 2 diffusion steps`);
+      }
       const minLog = extract(op, d.posteriorLogVarianceClipped, ti, x);
       const maxLog = extract(op, d.logBetas, ti, x);
       const frac = div(add(v, 1), 2);
@@ -456,12 +503,20 @@ export interface StepOptions extends ReverseOptions {
 
 /** The result of one reverse step. */
 export interface StepResult {
+  /** The new sample x_{t-1}. */
   sample: Tensor;
+  /** The x_0 prediction. */
   predXstart: Tensor;
 }
 
 /** One ancestral DDPM step: mean + 1[t != 0] exp(0.5 log_var) noise. */
-export function pSample(d: GaussianDiffusion, model: ModelFn, x: Tensor, t: Timesteps, opts: StepOptions = {}): StepResult {
+export function pSample(
+  d: GaussianDiffusion,
+  model: ModelFn,
+  x: Tensor,
+  t: Timesteps,
+  opts: StepOptions = {},
+): StepResult {
   const op = "pSample";
   checkX(op, "x", x);
   const ti = prep(op, d, t, x.shape[0]);
@@ -477,7 +532,9 @@ export function pSampleFromOutput(
   opts: StepOptions = {},
 ): StepResult {
   const op = "pSample";
-  if (!opts.noise) throw new DifflabError(`${op}: pass opts.noise (standard-normal, shaped like x ${fmtShape(x.shape)})`);
+  if (!opts.noise) {
+    throw new DifflabError(`${op}: pass opts.noise (standard-normal, shaped like x ${fmtShape(x.shape)})`);
+  }
   checkSame(op, "x", x, "noise", opts.noise);
   const ti = prep(op, d, t, x.shape[0]);
   const out = pMeanVarianceFromOutput(d, modelOutput, x, ti, opts);
@@ -492,7 +549,13 @@ export interface DdimOptions extends StepOptions {
 }
 
 /** One DDIM step (Song et al. eq. 12), with eps re-derived from the x_0 prediction. */
-export function ddimSample(d: GaussianDiffusion, model: ModelFn, x: Tensor, t: Timesteps, opts: DdimOptions = {}): StepResult {
+export function ddimSample(
+  d: GaussianDiffusion,
+  model: ModelFn,
+  x: Tensor,
+  t: Timesteps,
+  opts: DdimOptions = {},
+): StepResult {
   const op = "ddimSample";
   checkX(op, "x", x);
   const ti = prep(op, d, t, x.shape[0]);
@@ -550,7 +613,9 @@ export interface StepInfo {
   total: number;
   /** The respaced timestep index just taken (counting down to 0). */
   t: number;
+  /** The new sample x_{t-1}. */
   sample: Tensor;
+  /** The x_0 prediction. */
   predXstart: Tensor;
 }
 
@@ -575,21 +640,27 @@ async function loop(
   step: (x: Tensor, t: number, noise: Tensor | undefined) => StepResult,
 ): Promise<Tensor> {
   if (!opts.noise && !opts.key) throw new DifflabError(`${op}: pass opts.key (a PRNG key) or opts.noise (x_T)`);
-  if (needNoise && !opts.key) throw new DifflabError(`${op}: stochastic sampling needs opts.key for the per-step noise`);
+  if (needNoise && !opts.key) {
+    throw new DifflabError(`${op}: stochastic sampling needs opts.key for the per-step noise`);
+  }
   if (opts.noise && fmtShape(opts.noise.shape) !== fmtShape(shape)) {
     throw new ShapeError(`${op}: noise has shape ${fmtShape(opts.noise.shape)} but shape is ${fmtShape(shape)}`);
   }
   const keys = opts.key ? random.split(opts.key, d.numTimesteps + 1) : [];
   const dtype = opts.noise?.dtype === "f64" ? "f64" : opts.dtype ?? "f32";
-  const xT = opts.noise ?? random.normal(keys[d.numTimesteps], shape, { dtype });
+  const xT = opts.noise ?? tidy(() => random.normal(keys[d.numTimesteps], shape, { dtype }));
   let img = xT;
   for (let k = 0; k < d.numTimesteps; k++) {
     const i = d.numTimesteps - 1 - k;
-    const out = tidy(() => step(img, i, needNoise ? random.normal(keys[k], img.shape, { dtype: img.dtype as "f32" }) : undefined));
+    const out = tidy(() =>
+      step(img, i, needNoise ? random.normal(keys[k], img.shape, { dtype: img.dtype as "f32" }) : undefined)
+    );
     // Free the previous sample unless it is the caller's tensor or an autograd trace needs it.
     if (img !== opts.noise && tracers.length === 0) img.dispose();
     img = out.sample;
-    if (opts.onStep) await opts.onStep({ step: k, total: d.numTimesteps, t: i, sample: out.sample, predXstart: out.predXstart });
+    if (opts.onStep) {
+      await opts.onStep({ step: k, total: d.numTimesteps, t: i, sample: out.sample, predXstart: out.predXstart });
+    }
     if (tracers.length === 0) out.predXstart.dispose();
   }
   return img;
@@ -613,7 +684,14 @@ export function ddimSampleLoop(
   opts: LoopOptions & { eta?: number } = {},
 ): Promise<Tensor> {
   const eta = opts.eta ?? 0;
-  return loop("ddimSampleLoop", d, shape, opts, eta > 0, (x, i, noise) => ddimSample(d, model, x, i, { ...opts, noise, eta }));
+  return loop(
+    "ddimSampleLoop",
+    d,
+    shape,
+    opts,
+    eta > 0,
+    (x, i, noise) => ddimSample(d, model, x, i, { ...opts, noise, eta }),
+  );
 }
 
 // ------------------------------------------------------------------ training
@@ -639,8 +717,11 @@ export function vbTermsBpd(
 
 /** Loss terms per sample: `loss`, and `mse` / `vb` when they apply. */
 export interface LossTerms {
+  /** The training loss per sample. */
   loss: Tensor;
+  /** The mean-squared error of the mean prediction. */
   mse?: Tensor;
+  /** The VLB term in bits per dimension. */
   vb?: Tensor;
 }
 

@@ -6,17 +6,17 @@
  * becomes a failing case instead of being skipped.
  */
 import { DifflabError, fmtShape } from "../tensor/errors.ts";
-import { add, broadcastTo, mul, sin } from "../tensor/ops.ts";
+import { add, broadcastTo, mul } from "../tensor/ops.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { guide, guideDimr, dimrDecayedScale } from "./cfg.ts";
+import { dimrDecayedScale, guide, guideDimr } from "./cfg.ts";
 import { f32 } from "./common.ts";
 import {
+  dimrLogSnr,
   dimrLogSnrFromContinuous,
+  dimrNoiseSchedule,
   dimrQSample,
   dimrSchedule,
-  dimrLogSnr,
   multiScaleLoss,
-  dimrNoiseSchedule,
 } from "./dimr.ts";
 import {
   type DpmSolver,
@@ -54,7 +54,9 @@ export const GOLDEN_TOLERANCE: Readonly<Record<GoldenCategory, number>> = { sche
 
 /** One reproducible key. */
 export interface GoldenCase {
+  /** The golden key this case reproduces. */
   key: string;
+  /** How it is compared. */
   category: GoldenCategory;
   /** Recomputes the key; throws (a failing case) when it cannot. */
   compute: () => GoldenValue | Promise<GoldenValue>;
@@ -69,7 +71,9 @@ export function detectDiffusionGolden(
   metadata: Record<string, string>,
 ): DiffusionGoldenKind | null {
   if (metadata.config || metadata.class) return null;
-  if (keys.some((k) => k.startsWith("schedule.cum_alphas")) || keys.some((k) => k.startsWith("dpm."))) return "dimr-diffusion";
+  if (keys.some((k) => k.startsWith("schedule.cum_alphas")) || keys.some((k) => k.startsWith("dpm."))) {
+    return "dimr-diffusion";
+  }
   if (keys.some((k) => k.endsWith(".alphas_cumprod")) || (metadata.calls ?? "").includes("create_diffusion")) {
     return "dit-diffusion";
   }
@@ -141,7 +145,9 @@ function ditCases(tensors: Record<string, Tensor>, metadata: Record<string, stri
     calls = {};
   }
   const keys = Object.keys(tensors);
-  const groups = new Set(keys.filter((k) => k.endsWith(".betas") && tensors[k.replace(/betas$/, "timestep_map")]).map((k) => k.slice(0, -6)));
+  const groups = new Set(
+    keys.filter((k) => k.endsWith(".betas") && tensors[k.replace(/betas$/, "timestep_map")]).map((k) => k.slice(0, -6)),
+  );
   const specOf = (g: string): string => {
     const m = /create_diffusion\((?:timestep_respacing=)?"([^"]*)"/.exec(calls[g] ?? "");
     if (m) return m[1];
@@ -154,7 +160,7 @@ function ditCases(tensors: Record<string, Tensor>, metadata: Record<string, stri
   const cache = new Map<string, GaussianDiffusion>();
   const diffusion = (g: string) => {
     let d = cache.get(g);
-    if (!d) cache.set(g, (d = createDiffusion(specOf(g), { noiseSchedule: schedule })));
+    if (!d) cache.set(g, d = createDiffusion(specOf(g), { noiseSchedule: schedule }));
     return d;
   };
   // Which schedule group a call ran on, e.g. "r250.p_sample(...)" -> r250.
@@ -188,14 +194,26 @@ function ditCases(tensors: Record<string, Tensor>, metadata: Record<string, stri
 
   if (tensors["q_sample.out"]) {
     const d = () => diffusion(groupOf("q_sample", "train"));
-    add_("q_sample.out", "value", () => qSample(d(), need(tensors, "q_sample.x0"), need(tensors, "q_sample.t"), need(tensors, "q_sample.noise")));
+    add_(
+      "q_sample.out",
+      "value",
+      () => qSample(d(), need(tensors, "q_sample.x0"), need(tensors, "q_sample.t"), need(tensors, "q_sample.noise")),
+    );
   }
 
   if (keys.some((k) => k.startsWith("train_loss."))) {
     const d = () => diffusion(groupOf("train_loss", "train"));
     const x0 = () => need(tensors, "train_loss.x0"), t = () => need(tensors, "train_loss.t");
     const xt = () => qSample(d(), x0(), t(), need(tensors, "train_loss.noise"));
-    const terms = () => trainingLossesFromOutput(d(), need(tensors, "train_loss.model_output"), x0(), xt(), t(), need(tensors, "train_loss.noise"));
+    const terms = () =>
+      trainingLossesFromOutput(
+        d(),
+        need(tensors, "train_loss.model_output"),
+        x0(),
+        xt(),
+        t(),
+        need(tensors, "train_loss.noise"),
+      );
     const post = () => qPosteriorMeanVariance(d(), x0(), xt(), t());
     for (const name of ["loss", "mse", "vb"] as const) {
       if (tensors[`train_loss.${name}`]) {
@@ -206,7 +224,9 @@ function ditCases(tensors: Record<string, Tensor>, metadata: Record<string, stri
         });
       }
     }
-    if (tensors["train_loss.model_t"]) add_("train_loss.model_t", "index", () => modelTimesteps(d(), t(), x0().shape[0]));
+    if (tensors["train_loss.model_t"]) {
+      add_("train_loss.model_t", "index", () => modelTimesteps(d(), t(), x0().shape[0]));
+    }
     if (tensors["train_loss.q_posterior_mean"]) add_("train_loss.q_posterior_mean", "value", () => post().mean);
     if (tensors["train_loss.q_posterior_log_variance"]) {
       add_("train_loss.q_posterior_log_variance", "value", () => broadcastTo(post().logVarianceClipped, x0().shape));
@@ -218,7 +238,8 @@ function ditCases(tensors: Record<string, Tensor>, metadata: Record<string, stri
     const d = () => diffusion(groupOf("p_sample", "r250"));
     const x = () => need(tensors, "p_sample.x_t"), t = () => need(tensors, "p_sample.t");
     const mo = () => need(tensors, "p_sample.model_output");
-    const step = (clip: boolean) => pSampleFromOutput(d(), mo(), x(), t(), { clipDenoised: clip, noise: need(tensors, "p_sample.noise") });
+    const step = (clip: boolean) =>
+      pSampleFromOutput(d(), mo(), x(), t(), { clipDenoised: clip, noise: need(tensors, "p_sample.noise") });
     const pmv = () => pMeanVarianceFromOutput(d(), mo(), x(), t(), { clipDenoised: false });
     const outs: Record<string, [GoldenCategory, () => GoldenValue]> = {
       "p_sample.sample": ["value", () => step(false).sample],
@@ -281,28 +302,49 @@ function dimrCases(tensors: Record<string, Tensor>, metadata: Record<string, str
     cases.push({ key, category, compute });
   };
   const inputs = [
-    "loss.x0", "loss.eps", "loss.n", "loss.coeffs", "ns.t", "ns.inv.lambda", "fake.a", "fake.c", "dpm.x_T",
-    "dpm.rdefault.s", "dpm.rdefault.t", "wrap.t_continuous", "cfg.cond", "cfg.uncond", "cfg.scale",
-    "cfgpow.scale", "cfgpow.pow", "cfgpow.timestep",
+    "loss.x0",
+    "loss.eps",
+    "loss.n",
+    "loss.coeffs",
+    "ns.t",
+    "ns.inv.lambda",
+    "fake.a",
+    "fake.c",
+    "dpm.x_T",
+    "dpm.rdefault.s",
+    "dpm.rdefault.t",
+    "wrap.t_continuous",
+    "cfg.cond",
+    "cfg.uncond",
+    "cfg.scale",
+    "cfgpow.scale",
+    "cfgpow.pow",
+    "cfgpow.timestep",
   ];
   for (const k of inputs) covered.add(k);
   for (const k of keys) if (/^loss\.pred\.\d+$/.test(k)) covered.add(k);
 
   const sched = dimrSchedule();
   const ns = dimrNoiseSchedule(sched);
-  for (const [k, arr] of [["schedule.betas", sched.betas], ["schedule.cum_alphas", sched.cumAlphas], [
-    "schedule.cum_betas",
-    sched.cumBetas,
-  ]] as const) {
+  for (
+    const [k, arr] of [["schedule.betas", sched.betas], ["schedule.cum_alphas", sched.cumAlphas], [
+      "schedule.cum_betas",
+      sched.cumBetas,
+    ]] as const
+  ) {
     if (tensors[k]) add_(k, "schedule", () => arr);
   }
 
   if (tensors["loss.x0"]) {
-    const preds = keys.filter((k) => /^loss\.pred\.\d+$/.test(k)).sort((a, b) => Number(a.split(".")[2]) - Number(b.split(".")[2]));
+    const preds = keys.filter((k) => /^loss\.pred\.\d+$/.test(k)).sort((a, b) =>
+      Number(a.split(".")[2]) - Number(b.split(".")[2])
+    );
     const coeffs = async () => Array.from(await need(tensors, "loss.coeffs").data(), Number);
     const n = () => need(tensors, "loss.n");
     const terms = async () => multiScaleLoss(preds.map((k) => tensors[k]), need(tensors, "loss.eps"), await coeffs());
-    if (tensors["loss.xn"]) add_("loss.xn", "value", () => dimrQSample(sched, need(tensors, "loss.x0"), n(), need(tensors, "loss.eps")));
+    if (tensors["loss.xn"]) {
+      add_("loss.xn", "value", () => dimrQSample(sched, need(tensors, "loss.x0"), n(), need(tensors, "loss.eps")));
+    }
     if (tensors["loss.log_snr"]) add_("loss.log_snr", "value", () => dimrLogSnr(n()));
     for (const k of keys.filter((k) => /^loss\.target\.\d+$/.test(k))) {
       add_(k, "value", async () => {
@@ -323,21 +365,35 @@ function dimrCases(tensors: Record<string, Tensor>, metadata: Record<string, str
       "ns.sigma": (t) => marginalStd(ns, t),
       "ns.lambda": (t) => marginalLambda(ns, t),
     };
-    for (const [k, f] of Object.entries(fns)) if (tensors[k]) add_(k, "schedule", async () => (await hostList("ns.t")).map(f));
+    for (const [k, f] of Object.entries(fns)) {
+      if (tensors[k]) {
+        add_(k, "schedule", async () => (await hostList("ns.t")).map(f));
+      }
+    }
   }
-  if (tensors["ns.inv.t"]) add_("ns.inv.t", "schedule", async () => (await hostList("ns.inv.lambda")).map((l) => inverseLambda(ns, l)));
+  if (tensors["ns.inv.t"]) {
+    add_("ns.inv.t", "schedule", async () => (await hostList("ns.inv.lambda")).map((l) => inverseLambda(ns, l)));
+  }
   if (tensors["wrap.log_snr"]) {
-    add_("wrap.log_snr", "schedule", async () => (await hostList("wrap.t_continuous")).map((t) => dimrLogSnrFromContinuous(t)));
+    add_(
+      "wrap.log_snr",
+      "schedule",
+      async () => (await hostList("wrap.t_continuous")).map((t) => dimrLogSnrFromContinuous(t)),
+    );
   }
 
   // The stand-in model eps(x, t) = a*x + c*sin(3t), t the continuous time.
   let calls = 0;
   const solver = (): DpmSolver => {
     const a = need(tensors, "fake.a"), c = need(tensors, "fake.c");
-    return dpmSolver((x, t) => {
-      calls++;
-      return add(mul(a, x), mul(c, f32(Math.sin(f32(3 * f32(t))))));
-    }, ns, { predictX0: true });
+    return dpmSolver(
+      (x, t) => {
+        calls++;
+        return add(mul(a, x), mul(c, f32(Math.sin(f32(3 * f32(t))))));
+      },
+      ns,
+      { predictX0: true },
+    );
   };
   const t0 = 1 / 1000;
   const fastKey = keys.find((k) => /^dpm\.fast\d+\.timesteps$/.test(k));
@@ -392,7 +448,12 @@ function dimrCases(tensors: Record<string, Tensor>, metadata: Record<string, str
   }
 
   if (tensors["cfg.out"]) {
-    add_("cfg.out", "value", async () => guideDimr(need(tensors, "cfg.cond"), need(tensors, "cfg.uncond"), await scalarOf(need(tensors, "cfg.scale"))));
+    add_(
+      "cfg.out",
+      "value",
+      async () =>
+        guideDimr(need(tensors, "cfg.cond"), need(tensors, "cfg.uncond"), await scalarOf(need(tensors, "cfg.scale"))),
+    );
   }
   const eff = async () =>
     dimrDecayedScale(
@@ -401,7 +462,9 @@ function dimrCases(tensors: Record<string, Tensor>, metadata: Record<string, str
       await scalarOf(need(tensors, "cfgpow.timestep")),
     );
   if (tensors["cfgpow.effective_scale"]) add_("cfgpow.effective_scale", "schedule", async () => [await eff()]);
-  if (tensors["cfgpow.out"]) add_("cfgpow.out", "value", async () => guide(need(tensors, "cfg.cond"), need(tensors, "cfg.uncond"), await eff()));
+  if (tensors["cfgpow.out"]) {
+    add_("cfgpow.out", "value", async () => guide(need(tensors, "cfg.cond"), need(tensors, "cfg.uncond"), await eff()));
+  }
 
   unknownKeys(keys, covered, cases);
   return cases;

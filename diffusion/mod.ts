@@ -3,7 +3,7 @@
  * samplers), DiMR's formulation and DPM-Solver, linear-path flow matching, classifier-free
  * guidance, and the reproduction of the diffusion golden files.
  */
-export * from "./common.ts";
+export { extract, type ModelFn, numpyLinspace, type Timesteps, torchLinspaceF32, toTimesteps } from "./common.ts";
 export * from "./respace.ts";
 export * from "./gaussian.ts";
 export * from "./dpm_solver.ts";

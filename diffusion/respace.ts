@@ -38,11 +38,15 @@ export function spaceTimesteps(numTimesteps: number, spec: RespacingSpec): numbe
       for (let i = 1; i < numTimesteps; i++) {
         if (Math.ceil(numTimesteps / i) === desired) return Array.from({ length: desired }, (_, k) => k * i);
       }
-      throw new DifflabError(`${op}: cannot create exactly ${desired} steps out of ${numTimesteps} with an integer stride`);
+      throw new DifflabError(
+        `${op}: cannot create exactly ${desired} steps out of ${numTimesteps} with an integer stride`,
+      );
     }
     counts = spec.split(",").map((s) => parseCount(op, s));
   } else {
-    if (!Array.isArray(spec) || spec.length === 0) throw new DifflabError(`${op}: spec must be a string or a non-empty list`);
+    if (!Array.isArray(spec) || spec.length === 0) {
+      throw new DifflabError(`${op}: spec must be a string or a non-empty list`);
+    }
     counts = spec.map((c) => {
       if (!Number.isInteger(c)) throw new DifflabError(`${op}: section counts must be integers, got ${c}`);
       return c;

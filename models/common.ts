@@ -33,6 +33,8 @@ export interface ModelDef<C = unknown, P = unknown> {
   paramShapes(config: C): Record<string, number[]>;
   /** Builds the config from the official constructor's kwargs (a golden file's metadata). */
   configFromOfficial(kwargs: Record<string, unknown>): C;
+  /** Official names of frozen buffers stored as parameters (e.g. DiT's `pos_embed`): never updated in training. */
+  readonly frozen?: readonly string[];
 }
 
 /** Total parameter count of a config, from its shapes. */
@@ -75,5 +77,6 @@ export function fromStateDict<C, P>(def: ModelDef<C, P>, sd: Record<string, Tens
 
 /** Reads a typed field from official kwargs with a default. */
 export function kw<T>(kwargs: Record<string, unknown>, name: string, dflt: T): T {
-  return (name in kwargs ? kwargs[name] : dflt) as T;
+  const v = kwargs[name];
+  return (v === undefined || v === null ? dflt : v) as T;
 }

@@ -259,8 +259,8 @@ export function init(key: Key, config: DiCoConfig): DiCoParams {
   return unflattenTree(flat) as DiCoParams;
 }
 
-/** What the analysis hooks see inside each block. */
-export type TapPoint = "conv" | "cca";
+/** What the analysis hooks see inside each block (see {@link DiCoApplyOptions.tap}). */
+export type TapPoint = "conv" | "gate" | "cca";
 
 /** Options of {@link apply}. */
 export interface DiCoApplyOptions extends ApplyOptions {
@@ -273,8 +273,9 @@ export interface DiCoApplyOptions extends ApplyOptions {
   disableCca?: boolean | readonly string[];
   /**
    * Called inside every block with the post-GELU conv-module features
-   * (`"conv"`, before CCA) and the CCA output (`"cca"`, before conv3), both
-   * NCHW; `block` is e.g. `"encoder_level_1.0"`.
+   * (`"conv"`, before CCA, NCHW), the CCA gate (`"gate"`, `[N, D, 1, 1]`,
+   * only when CCA is on) and the CCA output (`"cca"`, before conv3, NCHW);
+   * `block` is e.g. `"encoder_level_1.0"`.
    */
   tap?: (block: string, point: TapPoint, h: Tensor) => void;
 }
@@ -304,7 +305,11 @@ export function blockApply(
   let h = modulate(ln2d(x), sh1, sc1, { axis: 1 });
   h = gelu(conv(p.conv2, conv(p.conv1, h), 1, D));
   opts.tap?.(opts.name ?? "", "conv", h);
-  if (opts.cca ?? true) h = ops.mul(h, ops.sigmoid(conv(p.ca["1"], ops.mean(h, { axis: [2, 3], keepdims: true }))));
+  if (opts.cca ?? true) {
+    const gate = ops.sigmoid(conv(p.ca["1"], ops.mean(h, { axis: [2, 3], keepdims: true })));
+    opts.tap?.(opts.name ?? "", "gate", gate);
+    h = ops.mul(h, gate);
+  }
   opts.tap?.(opts.name ?? "", "cca", h);
   const x1 = ops.add(x, ops.mul(col(g1), conv(p.conv3, h)));
   const f = conv(p.conv5, gelu(conv(p.conv4, modulate(ln2d(x1), sh2, sc2, { axis: 1 }))));
@@ -358,7 +363,8 @@ export function apply(
   ];
   const off = opts.disableCca;
   const run = (stage: Stage, h: Tensor, cv: Tensor) => {
-    params[stage].forEach((bp, i) => {
+    // A stage of depth 0 has no entries in the state_dict, hence no key in the record.
+    (params[stage] ?? []).forEach((bp, i) => {
       const name = `${stage}.${i}`;
       const cca = !(off === true || (Array.isArray(off) && off.includes(name)));
       h = blockApply(bp, h, cv, { cca, name, tap: opts.tap });
@@ -375,29 +381,6 @@ export function apply(
   const fl = params.final_layer;
   const [shift, scale] = ops.split(linearApply(fl.adaLN_modulation["1"], silu(cond[1])), 2, 1);
   return conv(fl.out_proj, modulate(ln2d(d1), shift, scale, { axis: 1 }), 1);
-}
-
-/**
- * The official `forward_with_cfg`: `x`, `t`, `y` are a doubled batch whose
- * second half carries the null label; the first half is duplicated, and only
- * output channels 0..2 are guided (`uncond + s·(cond − uncond)`), as DiT does.
- */
-export function forwardWithCfg(
-  params: DiCoParams,
-  x: Tensor,
-  t: Tensor,
-  y: Tensor,
-  scale: number,
-  config: DiCoConfig,
-): Tensor {
-  const n = x.shape[0];
-  if (n % 2) throw new ShapeError(`DiCo.forwardWithCfg: batch ${n} must be even (cond half, uncond half)`);
-  const half = ops.slice(x, [0], [n / 2]);
-  const out = apply(params, ops.concat([half, half], 0), t, y, config);
-  const eps = ops.slice(out, [0, 0], [n, 3]), rest = ops.slice(out, [0, 3]);
-  const [ce, ue] = ops.split(eps, 2, 0);
-  const g = ops.add(ue, ops.mul(ops.sub(ce, ue), scale));
-  return ops.concat([ops.concat([g, g], 0), rest], 1);
 }
 
 /**

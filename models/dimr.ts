@@ -30,7 +30,7 @@ import * as ops from "../tensor/ops.ts";
 import * as random from "../tensor/random.ts";
 import type { Key } from "../tensor/random.ts";
 import { fromHost, Tensor } from "../tensor/tensor.ts";
-import { type ApplyOptions, kw, type ModelDef } from "./common.ts";
+import type { ApplyOptions, ModelDef } from "./common.ts";
 
 /** One branch of an MRModel (the official `stage_configs[k]`). */
 export interface DiMRStageConfig {
@@ -160,16 +160,34 @@ function checkConfig(c: DiMRConfig): DiMRConfig {
   };
   const posInt = (v: unknown) => Number.isInteger(v) && (v as number) >= 1;
   if (!posInt(c.channels)) bad(`channels must be a positive integer, got ${c.channels}`);
-  if (c.numClasses !== undefined && !posInt(c.numClasses)) bad(`numClasses must be a positive integer, got ${c.numClasses}`);
-  if (!["TDRMSN", "LN", "RMSN"].includes(c.normType)) bad(`normType "${c.normType}" is not supported (TDRMSN, LN, RMSN)`);
+  if (c.numClasses !== undefined && !posInt(c.numClasses)) {
+    bad(`numClasses must be a positive integer, got ${c.numClasses}`);
+  }
+  if (!["TDRMSN", "LN", "RMSN"].includes(c.normType)) {
+    bad(`normType "${c.normType}" is not supported (TDRMSN, LN, RMSN)`);
+  }
   if (!Array.isArray(c.stages) || c.stages.length < 1) bad(`needs at least one stage`);
   c.stages.forEach((s, k) => {
     const at = `stage ${k}`;
-    if (s.blockType !== "TransformerBlock" && s.blockType !== "ConvNeXtBlock") bad(`${at}: unknown blockType "${s.blockType}"`);
-    for (const f of ["dim", "hiddenDim", "maxHeight", "maxWidth", "imageInputRatio", "inputFeatureRatio", "finalKernelSize"] as const) {
+    if (s.blockType !== "TransformerBlock" && s.blockType !== "ConvNeXtBlock") {
+      bad(`${at}: unknown blockType "${s.blockType}"`);
+    }
+    for (
+      const f of [
+        "dim",
+        "hiddenDim",
+        "maxHeight",
+        "maxWidth",
+        "imageInputRatio",
+        "inputFeatureRatio",
+        "finalKernelSize",
+      ] as const
+    ) {
       if (!posInt(s[f])) bad(`${at}: ${f} must be a positive integer, got ${s[f]}`);
     }
-    if (!(Number.isInteger(s.numBlocks) && s.numBlocks >= 0)) bad(`${at}: numBlocks must be a non-negative integer, got ${s.numBlocks}`);
+    if (!(Number.isInteger(s.numBlocks) && s.numBlocks >= 0)) {
+      bad(`${at}: numBlocks must be a non-negative integer, got ${s.numBlocks}`);
+    }
     if (s.blockType === "TransformerBlock" && (!posInt(s.numHeads) || s.dim % s.numHeads!)) {
       bad(`${at}: numHeads ${s.numHeads} must divide dim ${s.dim}`);
     }
@@ -355,14 +373,17 @@ export function tdLayerNorm(p: TdLnParams, x: Tensor, tau: Tensor): Tensor {
   return ops.add(ops.mul(xn, perSample(tdpValue(p.weight, tau), x)), perSample(tdpValue(p.bias, tau), x));
 }
 
+/** TD-RMSNorm: `x / (‖x‖₂·d^-½ + 1e-8) · scale(τ)` over the last axis (eps added to the RMS, outside the root). */
+export function tdRmsNorm(p: { scale: Tdp }, x: Tensor, tau: Tensor): Tensor {
+  return ops.mul(rmsNormalize(x, { axis: -1, eps: 1e-8, epsOutside: true }), perSample(tdpValue(p.scale, tau), x));
+}
+
 /** The block norm of the config's `normType`. */
 function blockNorm(p: DiMRNormParams, x: Tensor, tau: Tensor, normType: DiMRNormType): Tensor {
   if (normType === "LN") return tdLayerNorm(p as TdLnParams, x, tau);
-  // TD-RMSNorm / RMSNorm: x / (‖x‖₂·d^-½ + 1e-8), the eps added to the RMS itself.
-  const xn = rmsNormalize(x, { axis: -1, eps: 1e-8, epsOutside: true });
   const scale = (p as { scale: Tdp | Tensor }).scale;
-  if (scale instanceof Tensor) return ops.mul(xn, scale);
-  return ops.mul(xn, perSample(tdpValue(scale, tau), x));
+  if (scale instanceof Tensor) return ops.mul(rmsNormalize(x, { axis: -1, eps: 1e-8, epsOutside: true }), scale);
+  return tdRmsNorm({ scale }, x, tau);
 }
 
 function mlpBlock(p: MlpBlockParams, x: Tensor, tau: Tensor, normType: DiMRNormType): Tensor {
@@ -379,12 +400,8 @@ function selfAttention(
 ): Tensor {
   const [B, T, C] = x.shape, hd = C / heads;
   // [B, T, 3·heads, hd] -> [B, 3·heads, T, hd]; q, k, v are consecutive head groups.
-  const qkv = ops.transpose(ops.reshape(linearApply(p.query_key_value, blockNorm(p.norm, x, tau, normType)), [B, T, 3 * heads, hd]), [
-    0,
-    2,
-    1,
-    3,
-  ]);
+  const h = linearApply(p.query_key_value, blockNorm(p.norm, x, tau, normType));
+  const qkv = ops.transpose(ops.reshape(h, [B, T, 3 * heads, hd]), [0, 2, 1, 3]);
   const [q, k, v] = ops.split(qkv, 3, 1);
   return linearApply(p.dense, mergeHeads(attention(q, k, v)));
 }
@@ -394,7 +411,9 @@ export function evenDownInterpolate(x: Tensor, r: number): Tensor {
   if (r === 1) return x;
   const [, , H, W] = x.shape;
   const [Ho, Wo] = [Math.floor(H / r), Math.floor(W / r)];
-  if (Ho < 1 || Wo < 1) throw new ShapeError(`DiMR: input ${fmtShape(x.shape)} is too small for image_input_ratio ${r}`);
+  if (Ho < 1 || Wo < 1) {
+    throw new ShapeError(`DiMR: input ${fmtShape(x.shape)} is too small for image_input_ratio ${r}`);
+  }
   // Adaptive-average-pool bins [floor(i·n/m), ceil((i+1)·n/m)) as a matrix per axis.
   const poolMatrix = (n: number, m: number) => {
     const a = allocHost(x.dtype, n * m);
@@ -442,7 +461,9 @@ function stageApply(
     const r = Math.floor(s.maxHeight / prevMaxHeight);
     const u = tdLayerNorm(ln2, pixelShuffleChannelLast(linearApply(up.kernel, tdLayerNorm(ln0, lowres, tau)), r), tau);
     if (u.shape.join() !== x.shape.join()) {
-      throw new ShapeError(`DiMR: upsampled low-res features ${fmtShape(u.shape)} do not match the branch grid ${fmtShape(x.shape)}`);
+      throw new ShapeError(
+        `DiMR: upsampled low-res features ${fmtShape(u.shape)} do not match the branch grid ${fmtShape(x.shape)}`,
+      );
     }
     x = ops.add(x, u);
   }
@@ -503,11 +524,15 @@ export function apply(
 ): Tensor[] {
   const c = checkConfig(config);
   if (!(x instanceof Tensor) || x.ndim !== 4 || x.shape[1] !== c.channels) {
-    throw new ShapeError(`DiMR.apply: x must be [N, ${c.channels}, H, W], got ${x instanceof Tensor ? fmtShape(x.shape) : typeof x}`);
+    throw new ShapeError(
+      `DiMR.apply: x must be [N, ${c.channels}, H, W], got ${x instanceof Tensor ? fmtShape(x.shape) : typeof x}`,
+    );
   }
   const N = x.shape[0];
   if (!(logSnr instanceof Tensor) || logSnr.ndim !== 1 || logSnr.shape[0] !== N) {
-    throw new ShapeError(`DiMR.apply: logSnr must be [${N}], got ${logSnr instanceof Tensor ? fmtShape(logSnr.shape) : typeof logSnr}`);
+    throw new ShapeError(
+      `DiMR.apply: logSnr must be [${N}], got ${logSnr instanceof Tensor ? fmtShape(logSnr.shape) : typeof logSnr}`,
+    );
   }
   if (c.numClasses !== undefined && (!(y instanceof Tensor) || y.ndim !== 1 || y.shape[0] !== N)) {
     throw new ShapeError(`DiMR.apply: y must be [${N}], got ${y instanceof Tensor ? fmtShape(y.shape) : typeof y}`);
@@ -563,11 +588,19 @@ export function flops(config: DiMRConfig): number {
 
 /** Builds a config from the official MRModel config (`channels`, `stage_configs`, …, snake_case). */
 export function configFromOfficial(kwargs: Record<string, unknown>): DiMRConfig {
+  // An attribute that is absent, None or undefined takes the official default.
+  const kw = <T>(o: Record<string, unknown>, name: string, dflt: T): T => (o[name] ?? dflt) as T;
   const peType = kw<string>(kwargs, "pe_type", "APE");
-  if (peType !== "APE") throw new DifflabError(`DiMR.configFromOfficial: pe_type "${peType}" is not supported (only APE)`);
-  if ("condition_dim" in kwargs) throw new DifflabError(`DiMR.configFromOfficial: text conditioning (condition_dim) is not supported`);
+  if (peType !== "APE") {
+    throw new DifflabError(`DiMR.configFromOfficial: pe_type "${peType}" is not supported (only APE)`);
+  }
+  if ("condition_dim" in kwargs) {
+    throw new DifflabError(`DiMR.configFromOfficial: text conditioning (condition_dim) is not supported`);
+  }
   const st = kw<Record<string, unknown>[]>(kwargs, "stage_configs", []);
-  if (!Array.isArray(st) || !st.length) throw new DifflabError(`DiMR.configFromOfficial: stage_configs must be a non-empty list`);
+  if (!Array.isArray(st) || !st.length) {
+    throw new DifflabError(`DiMR.configFromOfficial: stage_configs must be a non-empty list`);
+  }
   const nc = kwargs["num_classes"];
   return checkConfig({
     channels: kw(kwargs, "channels", 4),

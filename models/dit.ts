@@ -305,5 +305,6 @@ export const def: ModelDef<DiTConfig, DiTParams> = {
   apply,
   flops,
   paramShapes,
+  frozen: ["pos_embed"],
   configFromOfficial,
 };

@@ -343,5 +343,6 @@ export const def: ModelDef<DyDiTConfig, DyDiTParams> = {
   apply,
   flops,
   paramShapes,
+  frozen: ["pos_embed"],
   configFromOfficial: dit.configFromOfficial,
 };

@@ -6,11 +6,17 @@ import { DifflabError } from "../tensor/errors.ts";
 import type { ModelDef } from "./common.ts";
 import * as dit from "./dit.ts";
 import * as dydit from "./dydit.ts";
+import * as udit from "./udit.ts";
+import * as dico from "./dico.ts";
+import * as dimr from "./dimr.ts";
 
 /** Every family, by name. */
 export const families: Readonly<Record<string, ModelDef<unknown, unknown>>> = {
   DiT: dit.def as ModelDef<unknown, unknown>,
   DyDiT: dydit.def as ModelDef<unknown, unknown>,
+  "U-DiT": udit.def as ModelDef<unknown, unknown>,
+  DiCo: dico.def as ModelDef<unknown, unknown>,
+  DiMR: dimr.def as ModelDef<unknown, unknown>,
 };
 
 /** Golden-file `model` metadata values mapped to families. */

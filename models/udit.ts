@@ -10,6 +10,7 @@
  * official `FeedForward.add_buffer()` computes (`project_in_weight`, ...), and
  * {@link apply} runs whichever form each FFN record holds.
  */
+import { forwardWithCfg } from "../diffusion/cfg.ts";
 import { gelu, geluTanh, silu } from "../nn/activations.ts";
 import { applyRope, attention, cosineAttention, rope2dTable, type RopeTable } from "../nn/attention.ts";
 import { conv2dApply, type Conv2dParams } from "../nn/conv.ts";
@@ -114,11 +115,15 @@ export function configFromOfficial(kwargs: Record<string, unknown>): UDiTConfig 
   const attnType = kw<string | null>(kwargs, "attn_type", null);
   const posembType = kw<string | null>(kwargs, "posemb_type", null);
   const ffnType = kw<string>(kwargs, "ffn_type", "rep");
-  if (attnType !== null && attnType !== "v2") throw new DifflabError(`U-DiT: attn_type ${JSON.stringify(attnType)} is not v2/None`);
+  if (attnType !== null && attnType !== "v2") {
+    throw new DifflabError(`U-DiT: attn_type ${JSON.stringify(attnType)} is not v2/None`);
+  }
   if (posembType !== null && posembType !== "rope2d") {
     throw new DifflabError(`U-DiT: posemb_type ${JSON.stringify(posembType)} is not rope2d/None`);
   }
-  if (ffnType !== "rep" && ffnType !== "basic") throw new DifflabError(`U-DiT: ffn_type ${JSON.stringify(ffnType)} is not rep/basic`);
+  if (ffnType !== "rep" && ffnType !== "basic") {
+    throw new DifflabError(`U-DiT: ffn_type ${JSON.stringify(ffnType)} is not rep/basic`);
+  }
   const cfg: UDiTConfig = {
     inputSize: kw(kwargs, "input_size", 32),
     downFactor: kw<number | number[]>(kwargs, "down_factor", 2),
@@ -143,7 +148,9 @@ export function configFromOfficial(kwargs: Record<string, unknown>): UDiTConfig 
 
 function validate(c: UDiTConfig): void {
   const posInt = (n: string, v: unknown) => {
-    if (!Number.isInteger(v) || (v as number) < 1) throw new DifflabError(`U-DiT config: ${n} must be a positive integer, got ${v}`);
+    if (!Number.isInteger(v) || (v as number) < 1) {
+      throw new DifflabError(`U-DiT config: ${n} must be a positive integer, got ${v}`);
+    }
   };
   posInt("hiddenSize", c.hiddenSize);
   posInt("numHeads", c.numHeads);
@@ -152,12 +159,16 @@ function validate(c: UDiTConfig): void {
   if (!Array.isArray(c.depth) || c.depth.length !== 5 || !c.depth.every((d) => Number.isInteger(d) && d >= 0)) {
     throw new DifflabError(`U-DiT config: depth must be 5 non-negative integers, got ${JSON.stringify(c.depth)}`);
   }
-  if (c.hiddenSize % 2) throw new DifflabError(`U-DiT config: hiddenSize ${c.hiddenSize} must be even (down1_2 halves it)`);
+  if (c.hiddenSize % 2) {
+    throw new DifflabError(`U-DiT config: hiddenSize ${c.hiddenSize} must be even (down1_2 halves it)`);
+  }
   if (c.hiddenSize % c.numHeads) {
     throw new DifflabError(`U-DiT config: hiddenSize ${c.hiddenSize} must divide into ${c.numHeads} heads`);
   }
   if (c.posembType === "rope2d" && (c.hiddenSize / c.numHeads) % 4) {
-    throw new DifflabError(`U-DiT config: RoPE-2D needs a level-1 head dim divisible by 4, got ${c.hiddenSize / c.numHeads}`);
+    throw new DifflabError(
+      `U-DiT config: RoPE-2D needs a level-1 head dim divisible by 4, got ${c.hiddenSize / c.numHeads}`,
+    );
   }
   downFactors(c);
 }
@@ -165,7 +176,9 @@ function validate(c: UDiTConfig): void {
 function downFactors(c: UDiTConfig): number[] {
   const f = typeof c.downFactor === "number" ? new Array(5).fill(c.downFactor) : [...c.downFactor];
   if (f.length !== 5 || !f.every((v) => Number.isInteger(v) && v >= 1)) {
-    throw new DifflabError(`U-DiT config: downFactor must be a positive integer or 5 of them, got ${JSON.stringify(c.downFactor)}`);
+    throw new DifflabError(
+      `U-DiT config: downFactor must be a positive integer or 5 of them, got ${JSON.stringify(c.downFactor)}`,
+    );
   }
   return f;
 }
@@ -191,31 +204,45 @@ const LEVELS = ["encoder_level_1", "encoder_level_2", "latent", "decoder_level_2
 
 /** Training-form rep-FFN: `project_in.{0,1}`, `dwconv.{0,1,2}` (5×5, 3×3, 1×1), `project_out.{0,1}`. */
 export interface RepFfnParams {
+  /** 1×1 convs w→hf/2→hf (no activation between them). */
   project_in: [Conv2dParams, Conv2dParams];
+  /** Depthwise 5×5, 3×3 and 1×1 convs summed with the identity. */
   dwconv: [Conv2dParams, Conv2dParams, Conv2dParams];
+  /** 1×1 convs hf→hf/2→w. */
   project_out: [Conv2dParams, Conv2dParams];
 }
 
 /** Inference-form rep-FFN: the six tensors of the official `add_buffer()`. */
 export interface MergedFfnParams {
+  /** `W2·W1` as a `[hf, w, 1, 1]` conv. */
   project_in_weight: Tensor;
+  /** `W2·b1 + b2`. */
   project_in_bias: Tensor;
+  /** `K5 + K3 + (K1 + 1)`, `[hf, 1, 5, 5]`. */
   dwconv_weight: Tensor;
+  /** `b5 + b3 + b1`. */
   dwconv_bias: Tensor;
+  /** `W2·W1` as a `[w, hf, 1, 1]` conv. */
   project_out_weight: Tensor;
+  /** `W2·b1 + b2`. */
   project_out_bias: Tensor;
 }
 
 /** Non-rep FeedForward (`rep=0`): one conv each. */
 export interface PlainFfnParams {
+  /** 1×1 conv w→hf. */
   project_in: Conv2dParams;
+  /** Depthwise 5×5 conv. */
   dwconv: Conv2dParams;
+  /** 1×1 conv hf→w. */
   project_out: Conv2dParams;
 }
 
 /** `ffn_type='basic'`: 1×1-conv Mlp. */
 export interface BasicMlpParams {
+  /** 1×1 conv w→hf. */
   fc1: Conv2dParams;
+  /** 1×1 conv hf→w. */
   fc2: Conv2dParams;
 }
 
@@ -224,43 +251,73 @@ export type FfnParams = RepFfnParams | MergedFfnParams | PlainFfnParams | BasicM
 
 /** `DownSample_Attn` parameters. */
 export interface DownAttnParams {
+  /** Per-head log temperature `[heads, 1, 1]` (attn_type v2 only). */
   logit_scale?: Tensor;
+  /** Shared QKV linear w→3w. */
   to_qkv: LinearParams;
+  /** 1×1 output conv. */
   to_out: Conv2dParams;
+  /** Depthwise downsampler conv (`DownSampler.layer`). */
   downsampler: { layer: Conv2dParams };
 }
 
 /** One `U_DiTBlock` (two attention + FFN sub-blocks, each with its own adaLN). */
 export interface UDiTBlockParams {
+  /** First sub-block attention. */
   attn1: DownAttnParams;
+  /** First sub-block FFN (train or merged form). */
   mlp1: FfnParams;
+  /** First sub-block `SiLU, Linear(w, 6w)`. */
   adaLN_modulation1: { "1": LinearParams };
+  /** Second sub-block attention. */
   attn2: DownAttnParams;
+  /** Second sub-block FFN. */
   mlp2: FfnParams;
+  /** Second sub-block `SiLU, Linear(w, 6w)`. */
   adaLN_modulation2: { "1": LinearParams };
 }
 
 /** The whole U-DiT parameter record (official state_dict tree). */
 export interface UDiTParams {
+  /** 3×3 conv C→h. */
   x_embedder: { proj: Conv2dParams };
+  /** Timestep MLP of width h. */
   t_embedder_1: TimestepEmbedderParams;
+  /** Label table of width h. */
   y_embedder_1: LabelEmbedderParams;
+  /** Timestep MLP of width 2h. */
   t_embedder_2: TimestepEmbedderParams;
+  /** Label table of width 2h. */
   y_embedder_2: LabelEmbedderParams;
+  /** Timestep MLP of width 4h. */
   t_embedder_3: TimestepEmbedderParams;
+  /** Label table of width 4h. */
   y_embedder_3: LabelEmbedderParams;
+  /** Blocks at width h, conditioned on c1. */
   encoder_level_1: UDiTBlockParams[];
+  /** 3×3 conv h→h/2 then PixelUnshuffle(2). */
   down1_2: { body: [{ weight: Tensor }] };
+  /** Blocks at width 2h, conditioned on c2. */
   encoder_level_2: UDiTBlockParams[];
+  /** 3×3 conv 2h→h then PixelUnshuffle(2). */
   down2_3: { body: [{ weight: Tensor }] };
+  /** Blocks at width 4h, conditioned on c3. */
   latent: UDiTBlockParams[];
+  /** 3×3 conv 4h→8h then PixelShuffle(2). */
   up3_2: { body: [{ weight: Tensor }] };
+  /** 1×1 conv on [up, skip]: 4h→2h. */
   reduce_chan_level2: Conv2dParams;
+  /** Blocks at width 2h, conditioned on c2. */
   decoder_level_2: UDiTBlockParams[];
+  /** 3×3 conv 2h→4h then PixelShuffle(2). */
   up2_1: { body: [{ weight: Tensor }] };
+  /** 1×1 conv on [up, skip]: 2h→2h. */
   reduce_chan_level1: Conv2dParams;
+  /** Blocks at width 2h, conditioned on c2. */
   decoder_level_1: UDiTBlockParams[];
+  /** 3×3 conv 2h→2h. */
   output: Conv2dParams;
+  /** LayerNorm2d + modulate (c2) + 3×3 conv 2h→out. */
   final_layer: { out_proj: Conv2dParams; adaLN_modulation: { "1": LinearParams } };
 }
 
@@ -284,7 +341,9 @@ const zeroLayer = (out: number, inp: number, k = 1, conv = false): SpecTree => (
 function ffnSpec(w: number, c: UDiTConfig, merged: boolean): SpecTree {
   const hf = ffnHidden(w, c);
   if (c.ffnType === "basic") return { fc1: layer([hf, w, 1, 1]), fc2: layer([w, hf, 1, 1]) };
-  if (!c.rep) return { project_in: layer([hf, w, 1, 1]), dwconv: layer([hf, 1, 5, 5]), project_out: layer([w, hf, 1, 1]) };
+  if (!c.rep) {
+    return { project_in: layer([hf, w, 1, 1]), dwconv: layer([hf, 1, 5, 5]), project_out: layer([w, hf, 1, 1]) };
+  }
   if (merged) {
     return {
       project_in_weight: xav(hf, w, 1, 1),
@@ -340,7 +399,9 @@ function specTree(c: UDiTConfig, merged = false): SpecTree {
   const body = (o: number, i: number): SpecTree => ({ body: [layer([o, i, 3, 3], false)] });
   return {
     // Patch embed is initialised like a Linear on the [h, C·9] view.
-    x_embedder: { proj: { weight: new Spec([h, c.inChannels, 3, 3], { xavierFans: [9 * c.inChannels, h] }), bias: zero(h) } },
+    x_embedder: {
+      proj: { weight: new Spec([h, c.inChannels, 3, 3], { xavierFans: [9 * c.inChannels, h] }), bias: zero(h) },
+    },
     t_embedder_1: tEmb(h),
     y_embedder_1: yEmb(h),
     t_embedder_2: tEmb(2 * h),
@@ -431,7 +492,10 @@ function conv1x1Matrix(w: Tensor): Tensor {
 function mergeProjection(a: Conv2dParams, b: Conv2dParams): [Tensor, Tensor] {
   const w1 = conv1x1Matrix(a.weight), w2 = conv1x1Matrix(b.weight);
   const w = ops.matmul(w2, w1);
-  const bias = ops.add(ops.reshape(ops.matmul(w2, ops.reshape(a.bias!, [a.bias!.shape[0], 1])), [w2.shape[0]]), b.bias!);
+  const bias = ops.add(
+    ops.reshape(ops.matmul(w2, ops.reshape(a.bias!, [a.bias!.shape[0], 1])), [w2.shape[0]]),
+    b.bias!,
+  );
   return [ops.reshape(w, [w.shape[0], w.shape[1], 1, 1]), bias];
 }
 
@@ -442,9 +506,9 @@ export function mergeFfn(p: RepFfnParams): MergedFfnParams {
   const [d5, d3, d1] = p.dwconv;
   if (d5.weight.shape[2] !== 5 || d3.weight.shape[2] !== 3 || d1.weight.shape[2] !== 1) {
     throw new ShapeError(
-      `U-DiT mergeFfn: dwconv kernels must be 5×5, 3×3, 1×1, got ${fmtShape(d5.weight.shape)}, ${fmtShape(d3.weight.shape)}, ${
-        fmtShape(d1.weight.shape)
-      }`,
+      `U-DiT mergeFfn: dwconv kernels must be 5×5, 3×3, 1×1, got ${fmtShape(d5.weight.shape)}, ${
+        fmtShape(d3.weight.shape)
+      }, ${fmtShape(d1.weight.shape)}`,
     );
   }
   // K5 + K3 in the centre 3×3 + (K1 + 1) at the centre tap; the +1 is the identity branch.
@@ -515,7 +579,9 @@ function ropeTable(ctx: Ctx, hd: number, n: number, dtype: Tensor["dtype"]): Rop
 /** `DownSample_Attn`: dwconv(x)+x, polyphase sub-maps, shared QKV, RoPE, cosine attention per sub-map. */
 function downAttn(p: DownAttnParams, x: Tensor, r: number, ctx: Ctx): Tensor {
   const [B, C, H, W] = x.shape;
-  if (H % r || W % r) throw new ShapeError(`U-DiT attention: feature map ${fmtShape(x.shape)} does not divide by down factor ${r}`);
+  if (H % r || W % r) {
+    throw new ShapeError(`U-DiT attention: feature map ${fmtShape(x.shape)} does not divide by down factor ${r}`);
+  }
   const kd = p.downsampler.layer.weight.shape[2];
   let z = conv2dApply(p.downsampler.layer, x, { padding: (kd - 1) / 2, groups: C });
   if (ctx.shortcut) z = ops.add(z, x);
@@ -569,7 +635,10 @@ function block(p: UDiTBlockParams, x: Tensor, c: Tensor, r: number, ctx: Ctx, me
   const sc = silu(c);
   for (const j of [1, 2] as const) {
     const [shA, scA, gA, shM, scM, gM] = ops.split(linearApply(p[`adaLN_modulation${j}`]["1"], sc), 6, 1);
-    x = ops.add(x, ops.mul(perChannel(gA), downAttn(p[`attn${j}`], modulate(norm2d(x), shA, scA, { axis: 1 }), r, ctx)));
+    x = ops.add(
+      x,
+      ops.mul(perChannel(gA), downAttn(p[`attn${j}`], modulate(norm2d(x), shA, scA, { axis: 1 }), r, ctx)),
+    );
     x = ops.add(x, ops.mul(perChannel(gM), ffn(p[`mlp${j}`], modulate(norm2d(x), shM, scM, { axis: 1 }), merged)));
   }
   return x;
@@ -593,14 +662,20 @@ export function apply(
 ): Tensor {
   if (!(x instanceof Tensor) || x.ndim !== 4 || x.shape[1] !== config.inChannels) {
     throw new ShapeError(
-      `U-DiT apply: x must be [N, ${config.inChannels}, H, W], got ${x instanceof Tensor ? fmtShape(x.shape) : typeof x}`,
+      `U-DiT apply: x must be [N, ${config.inChannels}, H, W], got ${
+        x instanceof Tensor ? fmtShape(x.shape) : typeof x
+      }`,
     );
   }
   const [N, , H, W] = x.shape;
-  if (H % 4 || W % 4) throw new ShapeError(`U-DiT apply: spatial size ${H}x${W} of x must divide by 4 (two 2× downsamplings)`);
+  if (H % 4 || W % 4) {
+    throw new ShapeError(`U-DiT apply: spatial size ${H}x${W} of x must divide by 4 (two 2× downsamplings)`);
+  }
   for (const [n, v] of [["t", t], ["y", y]] as const) {
     if (!(v instanceof Tensor) || v.ndim !== 1 || v.shape[0] !== N) {
-      throw new ShapeError(`U-DiT apply: ${n} must be [${N}], got ${v instanceof Tensor ? fmtShape(v.shape) : typeof v}`);
+      throw new ShapeError(
+        `U-DiT apply: ${n} must be [${N}], got ${v instanceof Tensor ? fmtShape(v.shape) : typeof v}`,
+      );
     }
   }
   const df = downFactors(config);
@@ -629,7 +704,8 @@ export function apply(
       }),
     );
   const c1 = cond(1), c2 = cond(2), c3 = cond(3);
-  const run = (bs: UDiTBlockParams[], h: Tensor, c: Tensor, r: number) => bs.reduce((a, b) => block(b, a, c, r, ctx, merged), h);
+  const run = (bs: UDiTBlockParams[], h: Tensor, c: Tensor, r: number) =>
+    bs.reduce((a, b) => block(b, a, c, r, ctx, merged), h);
 
   const e1 = run(params.encoder_level_1, conv3(params.x_embedder.proj, x), c1, df[0]);
   const e2 = run(params.encoder_level_2, pixelUnshuffle(conv3(params.down1_2.body[0], e1), 2), c2, df[1]);
@@ -687,26 +763,6 @@ export function flops(config: UDiTConfig, opts: { form?: "eval" | "train"; input
 // Golden check
 // ---------------------------------------------------------------------------------------------
 
-/** DiT-style `forward_with_cfg`: guidance on channels 0..2 only, the rest passed through per half. */
-export function forwardWithCfg(
-  params: UDiTParams,
-  x: Tensor,
-  t: Tensor,
-  y: Tensor,
-  scale: number,
-  config: UDiTConfig,
-  opts: UDiTApplyOptions = {},
-): Tensor {
-  const n = x.shape[0];
-  if (n % 2) throw new ShapeError(`U-DiT forwardWithCfg: batch ${n} must be even (cond half, uncond half)`);
-  const half = ops.slice(x, [0], [n / 2]);
-  const out = apply(params, ops.concat([half, half], 0), t, y, config, opts);
-  const [eps, rest] = ops.split(out, [3], 1);
-  const [cond, uncond] = ops.split(eps, 2, 0);
-  const g = ops.add(uncond, ops.mul(ops.sub(cond, uncond), scale));
-  return ops.concat([ops.concat([g, g], 0), rest], 1);
-}
-
 /**
  * Runs a U-DiT golden file: `out_unmerged` and every gradient through the
  * training form, `out` and `cfg.out` through the merged inference form (as
@@ -718,12 +774,18 @@ export async function checkGolden(
   metadata: Record<string, string>,
   opts: { dtype?: "f32" | "f64" } = {},
 ): Promise<GoldenReport> {
-  if (!golden["out"] || !golden["out_unmerged"]) throw new DifflabError(`U-DiT golden: file needs both out and out_unmerged`);
+  if (!golden["out"] || !golden["out_unmerged"]) {
+    throw new DifflabError(`U-DiT golden: file needs both out and out_unmerged`);
+  }
   const trainForm: Record<string, Tensor> = { ...golden, out: golden["out_unmerged"] };
   const cast = (t: Tensor, like: Tensor) => (t.dtype !== like.dtype && t.dtype === "f32" ? ops.cast(t, like.dtype) : t);
   const report = await checkModelGolden(def, trainForm, metadata, {
     dtype: opts.dtype,
-    cfg: (p, x, t, y, s, c) => forwardWithCfg(merge(p, c), x, t, y, s, c),
+    // cfg.out comes from the official eval path, i.e. the merged FFNs.
+    cfg: (p, x, t, y, s, c) => {
+      const mp = merge(p, c);
+      return forwardWithCfg((xx, tt, yy) => apply(mp, xx, tt, yy!, c), x, t, y, { scale: s });
+    },
     extra: (p, g, c) =>
       tidy(() => {
         const like = p.x_embedder.proj.weight;
@@ -760,4 +822,3 @@ export const def: ModelDef<UDiTConfig, UDiTParams> = {
   paramShapes,
   configFromOfficial,
 };
-

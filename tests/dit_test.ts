@@ -6,25 +6,20 @@
  */
 import assert from "node:assert/strict";
 import * as d from "../mod.ts";
-import { forwardWithCfg } from "../diffusion/cfg.ts";
 import { readSafetensors } from "../nn/io.ts";
 import { fromStateDict, paramCount } from "../models/common.ts";
 import * as dit from "../models/dit.ts";
 import * as dy from "../models/dydit.ts";
-import { checkModelGolden, relErr } from "../models/golden.ts";
+import { relErr } from "../models/golden.ts";
+import { checkDiT, checkDyDiT } from "../models/goldens.ts";
 
 await d.setBackend("cpu");
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
 
-const ditCfg =
-  <P>(apply: (p: P, x: d.Tensor, t: d.Tensor, y: d.Tensor, c: dit.DiTConfig) => d.Tensor) =>
-  (p: P, x: d.Tensor, t: d.Tensor, y: d.Tensor, scale: number, c: dit.DiTConfig) =>
-    forwardWithCfg((xx, tt, yy) => apply(p, xx, tt, yy!, c), x, t, y, { scale });
-
 Deno.test("DiT golden (official code): forward, CFG and every gradient within 1e-4 on cpu", async () => {
   const { tensors, metadata } = await readSafetensors(fixture("dit_a.safetensors"));
   for (const dtype of ["f32", "f64"] as const) {
-    const r = await checkModelGolden(dit.def, tensors, metadata, { cfg: ditCfg(dit.apply), dtype });
+    const r = await checkDiT(tensors, metadata, { dtype });
     assert.ok(r.entries.length >= 34, `compared ${r.entries.length} quantities`);
     assert.ok(r.entries.some((e) => e.key === "cfg.out"));
     assert.ok(r.maxRelErr <= 1e-4, `${dtype}: worst ${r.worst} ${r.maxRelErr}`);
@@ -33,32 +28,24 @@ Deno.test("DiT golden (official code): forward, CFG and every gradient within 1e
 
 Deno.test("DyDiT golden: masked forward, masks, router logits, complete path, CFG, gradients; dynamic path equal", async () => {
   const { tensors, metadata } = await readSafetensors(fixture("dydit_a.safetensors"));
-  let dyn: dy.DynamicResult | undefined;
-  const r = await checkModelGolden(dy.def, tensors, metadata, {
-    cfg: ditCfg(dy.apply),
-    extra: async (p, g, c) => {
-      const o = dy.applyWithMasks(p, g.x, g.t, g.y, c);
-      dyn = await dy.applyDynamic(p, g.x, g.t, g.y, c);
-      return {
-        attn_weight_masks: [o.attnMasks, g.attn_weight_masks],
-        mlp_weight_masks: [o.mlpMasks, g.mlp_weight_masks],
-        token_select: [o.tokenMasks, g.token_select],
-        attn_router_logits: [o.attnLogits, g.attn_router_logits],
-        mlp_router_logits: [o.mlpLogits, g.mlp_router_logits],
-        token_router_logits: [o.tokenLogits, g.token_router_logits],
-        out_complete: [dy.apply(p, g.x, g.t, g.y, c, { complete: true }), g.out_complete],
-        "out (dynamic, skipping)": [dyn.out, g.out],
-      };
-    },
-  });
-  assert.ok(r.maxRelErr <= 1e-4, `worst ${r.worst} ${r.maxRelErr}`);
-  for (
-    const k of ["cfg.out", "out (dynamic, skipping)", "token_select", "grad.blocks.1.token_selection.mlp_head.0.weight"]
-  ) {
-    assert.ok(r.entries.some((e) => e.key === k), `missing ${k}`);
+  for (const dtype of ["f32", "f64"] as const) {
+    let dyn: dy.DynamicResult | undefined;
+    const r = await checkDyDiT(tensors, metadata, { dtype, onDynamic: (x) => (dyn = x) });
+    assert.ok(r.maxRelErr <= 1e-4, `${dtype}: worst ${r.worst} ${r.maxRelErr}`);
+    for (
+      const k of [
+        "cfg.out",
+        "out (dynamic, skipping)",
+        "out_complete",
+        "token_select",
+        "grad.blocks.1.token_selection.mlp_head.0.weight",
+      ]
+    ) {
+      assert.ok(r.entries.some((e) => e.key === k), `missing ${k}`);
+    }
+    // The golden routes away about half the heads and a third of the tokens: the skipping path must execute less.
+    assert.ok(dyn!.executedMacs < 0.8 * dyn!.staticMacs, `executed ${dyn!.executedMacs} of ${dyn!.staticMacs}`);
   }
-  // The golden routes away about half the heads and a third of the tokens: the skipping path must execute less.
-  assert.ok(dyn!.executedMacs < 0.8 * dyn!.staticMacs, `executed ${dyn!.executedMacs} of ${dyn!.staticMacs}`);
 });
 
 Deno.test("DiT and DyDiT parameter counts equal the official classes exactly", () => {

@@ -212,13 +212,17 @@ export interface Safetensors {
 /** Parses an in-memory safetensors file; `name` is used in error messages. */
 export function parseSafetensors(bytes: Uint8Array, name = "<bytes>"): Safetensors {
   if (!(bytes instanceof Uint8Array)) fail(name, "parseSafetensors expects a Uint8Array");
-  const src = memSource(name, bytes);
-  const n = headerLength(name, bytes.subarray(0, 8), bytes.byteLength);
-  const h = parseHeader(name, bytes.subarray(8, 8 + n), bytes.byteLength);
-  const arrays = h.entries.map((e) => fillSync(name, e, src, h.dataStart));
-  const tensors: Record<string, Tensor> = {};
-  h.entries.forEach((e, i) => put(tensors, e.name, toTensor(e, arrays[i])));
-  return { tensors, metadata: h.metadata };
+  try {
+    const src = memSource(name, bytes);
+    const n = headerLength(name, bytes.subarray(0, 8), bytes.byteLength);
+    const h = parseHeader(name, bytes.subarray(8, 8 + n), bytes.byteLength);
+    const arrays = h.entries.map((e) => fillSync(name, e, src, h.dataStart));
+    const tensors: Record<string, Tensor> = {};
+    h.entries.forEach((e, i) => put(tensors, e.name, toTensor(e, arrays[i])));
+    return { tensors, metadata: h.metadata };
+  } catch (e) {
+    wrap(name, "cannot load safetensors", e);
+  }
 }
 
 /** Reads a safetensors file, streaming each tensor into its own array (files > 2 GB work). */
@@ -239,6 +243,8 @@ export async function readSafetensors(path: string): Promise<Safetensors> {
     const tensors: Record<string, Tensor> = {};
     h.entries.forEach((e, i) => put(tensors, e.name, toTensor(e, arrays[i])));
     return { tensors, metadata: h.metadata };
+  } catch (e) {
+    wrap(path, "cannot load safetensors", e);
   } finally {
     f.close();
   }

@@ -26,6 +26,7 @@ import {
   runAsync,
   runSync,
   targetDType,
+  wrap,
 } from "./common.ts";
 import { PDict, type PStorage, PTensor, unpickle } from "./pickle.ts";
 import { readZipDir, readZipEntry, type ZipEntry } from "./zip.ts";
@@ -109,21 +110,41 @@ function isContiguous(t: PTensor): boolean {
   return true;
 }
 
-/** Copies the view's elements (as raw bytes) out of its storage into a dense row-major buffer. */
+/** Copies the view's elements out of its storage into a dense row-major byte buffer. */
 function gather(t: PTensor, storage: Uint8Array, numel: number): Uint8Array {
   const eb = FILE_DTYPE_BYTES[t.dtype];
   if (isContiguous(t)) return storage.subarray(t.offset * eb, (t.offset + numel) * eb);
   const out = new Uint8Array(numel * eb);
-  const nd = t.size.length, idx = new Array(nd).fill(0);
-  let src = t.offset;
-  for (let i = 0; i < numel; i++) {
-    const s = src * eb, d = i * eb;
-    for (let b = 0; b < eb; b++) out[d + b] = storage[s + b];
-    for (let ax = nd - 1; ax >= 0; ax--) {
+  if (numel === 0) return out;
+  // Copy whole elements as machine words (8-byte elements as two 32-bit words).
+  const ws = eb === 8 ? 4 : eb, per = eb / ws;
+  const aligned = storage.byteOffset % ws === 0 ? storage : storage.slice();
+  const view = (b: Uint8Array) =>
+    ws === 4
+      ? new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4)
+      : ws === 2
+      ? new Uint16Array(b.buffer, b.byteOffset, b.byteLength >> 1)
+      : b;
+  const src = view(aligned), dst = view(out);
+  const nd = t.size.length;
+  const last = t.size[nd - 1], ls = t.stride[nd - 1] * per;
+  const rows = numel / last;
+  const idx = new Array(Math.max(0, nd - 1)).fill(0);
+  let base = t.offset * per, o = 0;
+  for (let r = 0; r < rows; r++) {
+    if (per === 1) {
+      for (let j = 0, s = base; j < last; j++, s += ls) dst[o++] = src[s];
+    } else {
+      for (let j = 0, s = base; j < last; j++, s += ls) {
+        dst[o++] = src[s];
+        dst[o++] = src[s + 1];
+      }
+    }
+    for (let ax = nd - 2; ax >= 0; ax--) {
       idx[ax]++;
-      src += t.stride[ax];
+      base += t.stride[ax] * per;
       if (idx[ax] < t.size[ax]) break;
-      src -= t.stride[ax] * t.size[ax];
+      base -= t.stride[ax] * per * t.size[ax];
       idx[ax] = 0;
     }
   }
@@ -160,6 +181,7 @@ function* torchCore(file: string, size: number, opts: TorchReadOptions): Reader<
   const entryOf = new Map<PStorage, ZipEntry>();
   const uses = new Map<PStorage, number>();
   const numels: number[] = [];
+  let outBytes = 0;
   for (const [name, t] of tensors) {
     const s = t.storage;
     let e = entryOf.get(s);
@@ -176,7 +198,18 @@ function* torchCore(file: string, size: number, opts: TorchReadOptions): Reader<
       entryOf.set(s, e);
     }
     uses.set(s, (uses.get(s) ?? 0) + 1);
-    numels.push(checkGeometry(file, name, t, e.usize));
+    const numel = checkGeometry(file, name, t, e.usize);
+    numels.push(numel);
+    // Zero strides let a few stored bytes describe a huge tensor; cap what we materialise.
+    outBytes += numel * allocTarget(targetDType(t.dtype), 0).BYTES_PER_ELEMENT;
+    if (outBytes > maxUncompressedBytes) {
+      fail(
+        file,
+        `tensor "${name}" (shape ${
+          fmt(t.size)
+        }) brings the loaded size to ${outBytes} bytes, over the ${maxUncompressedBytes}-byte limit (raise opts.maxUncompressedBytes if this is intended)`,
+      );
+    }
   }
 
   const cache = new Map<PStorage, Uint8Array>();
@@ -219,7 +252,11 @@ function toRecord(items: Loaded[]): Record<string, Tensor> {
 /** Parses an in-memory PyTorch zip checkpoint (state dict); `name` is used in error messages. */
 export function parseTorch(bytes: Uint8Array, name = "<bytes>", opts: TorchReadOptions = {}): Record<string, Tensor> {
   if (!(bytes instanceof Uint8Array)) fail(name, "parseTorch expects a Uint8Array");
-  return toRecord(runSync(torchCore(name, bytes.byteLength, opts), memSource(name, bytes)));
+  try {
+    return toRecord(runSync(torchCore(name, bytes.byteLength, opts), memSource(name, bytes)));
+  } catch (e) {
+    wrap(name, "cannot load checkpoint", e);
+  }
 }
 
 /** Reads a PyTorch zip `.pt` state dict from disk, entry by entry (checkpoints > 2 GB work). */
@@ -227,6 +264,8 @@ export async function readTorch(path: string, opts: TorchReadOptions = {}): Prom
   const { f, size } = await openForRead(path);
   try {
     return toRecord(await runAsync(torchCore(path, size, opts), fileSource(path, f, size)));
+  } catch (e) {
+    wrap(path, "cannot load checkpoint", e);
   } finally {
     f.close();
   }
