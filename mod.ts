@@ -23,3 +23,5 @@ export * as diffusion from "./diffusion/mod.ts";
 export * as models from "./models/mod.ts";
 /** The training loop, per-family objectives and samplers, and checkpoints. */
 export * as train from "./train/mod.ts";
+/** Rich notebook display: installs the Jupyter display method on Tensor; tables, charts, image grids, heat maps. */
+export * as display from "./display/mod.ts";

@@ -20,6 +20,8 @@ export interface CliArgs {
   int(name: string, dflt: number, min?: number): number;
   /** A string flag, or `dflt` when absent. */
   str(name: string, dflt?: string): string | undefined;
+  /** A finite number flag, `dflt` when absent; it must be >= `min`. */
+  num(name: string, dflt: number, min?: number): number;
   /** A boolean flag (false when absent). */
   bool(name: string): boolean;
   /** A string flag restricted to `choices`, `dflt` when absent. */
@@ -68,6 +70,14 @@ export function parseCli(usage: string, spec: FlagSpec, argv: readonly string[] 
       if (v === undefined) return dflt;
       const n = Number(v);
       if (!/^-?\d+$/.test(v.trim()) || !Number.isSafeInteger(n)) fail(`--${name} must be an integer, got '${v}'`);
+      if (n < min) fail(`--${name} must be at least ${min}, got ${n}`);
+      return n;
+    },
+    num(name, dflt, min = -Infinity) {
+      const v = str(name);
+      if (v === undefined) return dflt;
+      const n = Number(v);
+      if (v.trim() === "" || !Number.isFinite(n)) fail(`--${name} must be a number, got '${v}'`);
       if (n < min) fail(`--${name} must be at least ${min}, got ${n}`);
       return n;
     },

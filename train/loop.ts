@@ -11,29 +11,23 @@ import { mapLeaves } from "../autograd/tree.ts";
 import { adamw, clipByGlobalNorm, ema as emaOps } from "../nn/optim.ts";
 import { namedLeaves } from "../nn/tree.ts";
 import { DifflabError } from "../tensor/errors.ts";
-import * as ops from "../tensor/ops.ts";
 import * as random from "../tensor/random.ts";
-import { dispose, fromHost, getBackend, keep, type Tensor, tidy } from "../tensor/tensor.ts";
+import { dispose, fromHost, keep, type Tensor, tidy } from "../tensor/tensor.ts";
 import { findModel } from "../models/registry.ts";
+import { batchIndices, batchTensors, type Dataset } from "../data/dataset.ts";
 import { loadCheckpoint, type RunInfo, saveCheckpoint, type TrainState } from "./checkpoint.ts";
 import { classCount, imageShape, objectiveFor, type SampleOptions } from "./objectives.ts";
 import { createProgress } from "./progress.ts";
 
-/** The images a run trains on (row-major `[n, channels, size, size]` in [-1, 1]). */
-export interface TrainData {
-  name: string;
-  images: Float32Array;
-  labels: Int32Array;
-  n: number;
-  channels: number;
-  size: number;
-  numClasses: number;
-}
+/** The images a run trains on (see data/: `loadDataset`). */
+export type TrainData = Dataset;
 
 /** Options of {@link train}. */
 export interface TrainOptions {
-  /** Named model config (see `deno task params`). */
-  model: string;
+  /** Named model config (see `deno task params`); optional when resuming (the checkpoint names it). */
+  model?: string;
+  /** Fields that override the named config (e.g. a smaller `inputSize`/`depth` for experiments and tests). */
+  configOverrides?: Record<string, unknown>;
   steps: number;
   batch?: number;
   lr?: number;
@@ -90,35 +84,9 @@ export function emaDecayAt(decay: number, step: number): number {
   return Math.min(decay, (1 + step) / (10 + step));
 }
 
-/** The dataset indices of the batch at `step`: epochs are key-derived permutations laid end to end. */
-export function batchIndices(seed: number, step: number, batch: number, n: number): number[] {
-  const out: number[] = [];
-  let pos = step * batch;
-  let epoch = -1, perm: number[] = [];
-  while (out.length < batch) {
-    const e = Math.floor(pos / n);
-    if (e !== epoch) {
-      epoch = e;
-      perm = random.permutation(random.foldIn(random.foldIn(random.randomKey(seed), 0x5eed), e), n);
-    }
-    out.push(perm[pos % n]);
-    pos++;
-  }
-  return out;
-}
-
-function batchOf(data: TrainData, idx: number[]): { x: Tensor; y: Tensor } {
-  const per = data.channels * data.size * data.size;
-  const x = new Float32Array(idx.length * per);
-  const y = new Int32Array(idx.length);
-  idx.forEach((j, i) => {
-    x.set(data.images.subarray(j * per, (j + 1) * per), i * per);
-    y[i] = data.labels[j];
-  });
-  return {
-    x: fromHost(x, [idx.length, data.channels, data.size, data.size], "f32"),
-    y: fromHost(y, [idx.length], "i32"),
-  };
+/** The key of the data order: independent of the per-step training keys. */
+function dataKey(seed: number): random.Key {
+  return random.foldIn(random.randomKey(seed), 0x5eed);
 }
 
 /** Disposes the leaves of `old` that `next` did not carry over. */
@@ -170,7 +138,6 @@ export async function sampleGrid(
 
 /** Trains a model; see {@link TrainOptions}. Resolves with the final state and the per-step losses. */
 export async function train(data: TrainData, o: TrainOptions): Promise<TrainResult> {
-  const { name, def, config: named } = findModel(o.model);
   const ckptPath = o.out ? `${o.out}/ckpt.safetensors` : undefined;
   const logPath = o.out ? `${o.out}/log.jsonl` : undefined;
   if (o.out) await Deno.mkdir(o.out, { recursive: true });
@@ -178,14 +145,16 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
   if (o.resume) {
     if (!ckptPath) throw new DifflabError("train: --resume needs an output directory with a checkpoint");
     state = await loadCheckpoint(ckptPath);
-    if (state.info.model !== name) {
-      throw new DifflabError(`train: ${ckptPath} holds a ${state.info.model} run, not ${name}`);
+    if (o.model !== undefined && state.info.model !== o.model) {
+      throw new DifflabError(`train: ${ckptPath} holds a ${state.info.model} run, not ${o.model}`);
     }
     if (logPath) await truncateLog(logPath, state.info.step);
     state.info.totalSteps = o.steps;
   } else {
+    if (o.model === undefined) throw new DifflabError("train: name a model (e.g. DiT-T/2)");
+    const { name, def, config: named } = findModel(o.model);
     const seed = o.seed ?? 0;
-    const config = named as Record<string, unknown>;
+    const config = { ...(named as Record<string, unknown>), ...o.configOverrides };
     const K = classCount(def, config);
     if (K !== data.numClasses) {
       throw new DifflabError(
@@ -213,6 +182,7 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
     if (logPath) await Deno.writeTextFile(logPath, "");
   }
   const info = state.info;
+  const { name, def } = findModel(info.model);
   const cfg = info.config as Record<string, unknown>;
   const shape = imageShape(def, cfg);
   if (shape[0] !== data.channels || shape[1] !== data.size) {
@@ -239,7 +209,7 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
     const step = info.step;
     const lr = lrAt(info.lr, info.warmup, step);
     const res = tidy(() => {
-      const { x, y } = batchOf(data, batchIndices(info.seed, step, info.batch, data.n));
+      const { x, y } = batchTensors(data, batchIndices(dataKey(info.seed), data.n, info.batch, step));
       const key = random.foldIn(random.randomKey(info.seed), step);
       const [loss, grads0] = valueAndGrad((p: unknown) => obj.loss(p, x, y, key))(state.params) as [Tensor, unknown];
       // Frozen buffers (e.g. DiT's pos_embed) get no update at all.
@@ -298,7 +268,5 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
   }
   progress.done();
   if (o.out) await saveGrid(info.step);
-  void getBackend;
-  void ops;
   return { state, losses };
 }

@@ -132,8 +132,10 @@ export function objectiveFor(def: ModelDef<unknown, unknown>, config: unknown, o
       const onStep = so.onStep ? (i: { step: number; total: number }) => so.onStep!(i.step, i.total) : undefined;
       if (sampler === "ddpm") return pSampleLoop(createDiffusion(String(steps)), fn, shape, { key, onStep });
       if (sampler === "ddim") return ddimSampleLoop(createDiffusion(`ddim${steps}`), fn, shape, { key, onStep });
-      throw new DifflabError(
-        `sample: sampler "${sampler}" does not apply to a Gaussian-diffusion ${def.family} (use ddpm or ddim; euler/heun need --objective flow, dpm-solver is DiMR's)`,
+      return Promise.reject(
+        new DifflabError(
+          `sample: sampler "${sampler}" does not apply to a Gaussian-diffusion ${def.family} (use ddpm or ddim; euler/heun need --objective flow, dpm-solver is DiMR's)`,
+        ),
       );
     },
   };
@@ -158,7 +160,9 @@ function dimrObjective(def: ModelDef<unknown, unknown>, config: unknown, nl: num
     sample(params, y, key, so = {}) {
       const sampler = so.sampler ?? "dpm-solver";
       if (sampler !== "dpm-solver") {
-        throw new DifflabError(`sample: DiMR samples with dpm-solver (its official sampler), not "${sampler}"`);
+        return Promise.reject(
+          new DifflabError(`sample: DiMR samples with dpm-solver (its official sampler), not "${sampler}"`),
+        );
       }
       const steps = so.steps ?? 25;
       const [C, S] = imageShape(def, config);
@@ -190,7 +194,9 @@ function flowObjective(
     sample(params, y, key, so = {}) {
       const sampler = so.sampler ?? "heun";
       if (sampler !== "euler" && sampler !== "heun") {
-        throw new DifflabError(`sample: a flow-matching model samples with euler or heun, not "${sampler}"`);
+        return Promise.reject(
+          new DifflabError(`sample: a flow-matching model samples with euler or heun, not "${sampler}"`),
+        );
       }
       const base = evalFn(params);
       const scale = so.cfg ?? 1;

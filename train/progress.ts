@@ -7,7 +7,8 @@
 export interface ProgressInfo {
   step: number;
   total: number;
-  loss: number;
+  /** Training loss (omitted for sampling). */
+  loss?: number;
   imagesPerSec: number;
 }
 
@@ -32,9 +33,8 @@ export function createProgress(opts: { every?: number; quiet?: boolean; label?: 
   const text = (p: ProgressInfo) => {
     const el = (performance.now() - start) / 1000;
     const eta = p.step > 0 ? (el / p.step) * (p.total - p.step) : NaN;
-    return `${opts.label ?? "train"} step ${p.step}/${p.total} loss ${p.loss.toFixed(4)} ${
-      p.imagesPerSec.toFixed(1)
-    } img/s ` +
+    const loss = p.loss === undefined ? "" : ` loss ${p.loss.toFixed(4)}`;
+    return `${opts.label ?? "train"} step ${p.step}/${p.total}${loss} ${p.imagesPerSec.toFixed(1)} img/s ` +
       `elapsed ${fmtTime(el)} eta ${fmtTime(eta)}`;
   };
   return {
