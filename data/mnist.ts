@@ -60,8 +60,11 @@ const HEADER = 32;
 
 /** Raw 28×28 uint8 images with labels, the format of the cache file. */
 export interface RawImages {
+  /** Number of images. */
   n: number;
+  /** Class of each image. */
   labels: Uint8Array;
+  /** `n` row-major 28×28 images, 0 = black. */
   pixels: Uint8Array;
 }
 
@@ -74,21 +77,42 @@ function missing(name: BuiltinName, detail: string): DifflabError {
   );
 }
 
-/** Absolute path of the package's data folder, or a DifflabError saying how to install it. */
-export function packageDataDir(name: BuiltinName): string {
-  const { pkg, folder } = BUILTIN[name];
-  let pj: string;
+/**
+ * Directory of an npm package declared in this project's deno.json (resolved like
+ * `require.resolve`). A data-only package is not fetched by `deno run` until something
+ * imports it, so when it is not in the cache yet this imports its package.json once,
+ * which makes Deno fetch it (online) before resolving again. Failing both, a
+ * DifflabError names the package and says how to install it.
+ */
+export async function resolvePackage(pkg: string, what: string): Promise<string> {
+  const req = createRequire(import.meta.url);
+  const resolve = () => req.resolve(`${pkg}/package.json`).replace(/[\\/]package\.json$/, "");
   try {
-    pj = createRequire(import.meta.url).resolve(`${pkg}/package.json`);
-  } catch (e) {
-    throw missing(name, `the package could not be resolved (${(e as Error).message.split("\n")[0]})`);
+    return resolve();
+  } catch {
+    // Not cached yet: fall through to the fetching import.
   }
-  return pj.replace(/package\.json$/, folder);
+  try {
+    await import(`${pkg}/package.json`, { with: { type: "json" } });
+    return resolve();
+  } catch (e) {
+    throw new DifflabError(
+      `${what} needs the npm package "${pkg}", which is not installed ` +
+        `(${(e as Error).message.split("\n")[0]}); declare it in deno.json and run \`deno install\` ` +
+        `once with network access in the project directory.`,
+    );
+  }
+}
+
+/** Absolute path of the package's data folder, or a DifflabError saying how to install it. */
+export async function packageDataDir(name: BuiltinName): Promise<string> {
+  const { pkg, folder } = BUILTIN[name];
+  return `${await resolvePackage(pkg, `loadDataset("${name}")`)}/${folder}`;
 }
 
 /** Reads and converts the package's JSON files to uint8 (slow: seconds for Fashion-MNIST). */
 export async function readPackage(name: BuiltinName): Promise<RawImages> {
-  const dir = packageDataDir(name);
+  const dir = await packageDataDir(name);
   const perClass: Uint8Array[][] = [];
   for (let k = 0; k < CLASSES; k++) {
     const file = `${dir}/${k}.json`;

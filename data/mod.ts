@@ -20,7 +20,17 @@ import { BUILTIN, type BuiltinName, loadBuiltin } from "./mnist.ts";
 import { DifflabError } from "../tensor/errors.ts";
 
 export * from "./dataset.ts";
-export { BUILTIN, type BuiltinName, decodeCache, defaultCacheDir, encodeCache, packageDataDir } from "./mnist.ts";
+export {
+  BUILTIN,
+  type BuiltinInfo,
+  type BuiltinName,
+  decodeCache,
+  defaultCacheDir,
+  encodeCache,
+  packageDataDir,
+  type RawImages,
+  resolvePackage,
+} from "./mnist.ts";
 export { type FolderLoadOptions, loadFolder } from "./folder.ts";
 export { decodePng, type GridOptions, gridToPng, type Image8, toPngGrid, writePng } from "./png.ts";
 

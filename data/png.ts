@@ -106,9 +106,13 @@ export async function writePng(path: string, bytes: Uint8Array): Promise<void> {
 
 /** An 8-bit image with interleaved channels (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA). */
 export interface Image8 {
+  /** Width in pixels. */
   width: number;
+  /** Height in pixels. */
   height: number;
+  /** Interleaved channels per pixel (1-4). */
   channels: number;
+  /** Row-major samples, `height·width·channels` bytes. */
   data: Uint8Array;
 }
 

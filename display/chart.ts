@@ -37,8 +37,10 @@ export interface LineSeries {
   opacity?: number;
   /** Dashed line. */
   dashed?: boolean;
-  /** Draw a dot at each point (default: when there are at most 40 points). */
+  /** Draw a marker at each point (default: when there are at most 40 points). */
   markers?: boolean;
+  /** Marker shape (default "dot"); a "ring" stays visible under another series' dots. */
+  marker?: "dot" | "ring" | "square";
 }
 
 /** Layout options shared by the charts. */
@@ -51,6 +53,8 @@ export interface ChartOptions {
   height?: number;
   /** Logarithmic y axis. */
   logY?: boolean;
+  /** Logarithmic x axis. */
+  logX?: boolean;
   /** Fixed y range (default: the data's, padded). */
   yRange?: readonly [number, number];
   /** Fixed x range (default: the data's). */
@@ -93,9 +97,23 @@ interface Frame {
   parts: string[];
 }
 
-function frame(opts: ChartOptions): Frame {
-  const W = opts.width ?? 640, H = opts.height ?? 320;
-  const f: Frame = { W, H, left: 64, right: W - 16, top: opts.title ? 30 : 12, bottom: H - 42, parts: [] };
+/** Width of the legend box for these names (0: no legend). */
+function legendWidth(names: readonly string[]): number {
+  return names.length ? Math.ceil(Math.max(...names.map((n) => n.length)) * 6.8 + 40) : 0;
+}
+
+function frame(opts: ChartOptions, legendW = 0): Frame {
+  // The legend sits right of the plot so it never hides data; the canvas grows to keep the plot size.
+  const W = (opts.width ?? 640) + (legendW ? legendW + 8 : 0), H = opts.height ?? 320;
+  const f: Frame = {
+    W,
+    H,
+    left: 64,
+    right: W - 16 - (legendW ? legendW + 8 : 0),
+    top: opts.title ? 30 : 12,
+    bottom: H - 42,
+    parts: [],
+  };
   f.parts.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
       `font-family="sans-serif" font-size="11">`,
@@ -103,7 +121,7 @@ function frame(opts: ChartOptions): Frame {
   );
   if (opts.title) {
     f.parts.push(
-      `<text x="${W / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">${
+      `<text x="${(f.left + f.right) / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">${
         escapeHtml(opts.title)
       }</text>`,
     );
@@ -132,21 +150,44 @@ function yAxis(f: Frame, ticks: number[], ty: (v: number) => number) {
   }
 }
 
-function legend(f: Frame, entries: { name: string; color: string; dashed?: boolean; bar?: boolean }[]) {
+function markerSvg(shape: "dot" | "ring" | "square", x: number, y: number, color: string): string {
+  const [cx, cy] = [x.toFixed(1), y.toFixed(1)];
+  if (shape === "ring") {
+    return `<circle cx="${cx}" cy="${cy}" r="4.5" fill="none" stroke="${color}" stroke-width="1.5"/>`;
+  }
+  if (shape === "square") {
+    return `<rect x="${(x - 3).toFixed(1)}" y="${(y - 3).toFixed(1)}" width="6" height="6" fill="${color}"/>`;
+  }
+  return `<circle cx="${cx}" cy="${cy}" r="2.5" fill="${color}"/>`;
+}
+
+function legend(
+  f: Frame,
+  entries: {
+    name: string;
+    color: string;
+    dashed?: boolean;
+    bar?: boolean;
+    marker?: "dot" | "ring" | "square";
+    opacity?: number;
+  }[],
+) {
   if (!entries.length) return;
-  const w = Math.max(...entries.map((e) => e.name.length)) * 6.2 + 34;
-  const x0 = f.right - w - 6, y0 = f.top + 6;
+  const w = legendWidth(entries.map((e) => e.name));
+  const x0 = f.right + 8, y0 = f.top + 6;
   f.parts.push(
-    `<rect x="${x0}" y="${y0}" width="${w}" height="${
-      entries.length * 16 + 6
-    }" fill="white" fill-opacity="0.85" stroke="#ccc"/>`,
+    `<rect x="${x0}" y="${y0}" width="${w}" height="${entries.length * 16 + 6}" fill="white" stroke="#ccc"/>`,
   );
   entries.forEach((e, i) => {
     const y = y0 + 12 + i * 16;
     f.parts.push(
       e.bar
         ? `<rect x="${x0 + 6}" y="${y - 5}" width="18" height="10" fill="${e.color}"/>`
-        : `<line x1="${x0 + 6}" x2="${x0 + 24}" y1="${y}" y2="${y}" stroke="${e.color}" stroke-width="2"${
+        : e.marker
+        ? markerSvg(e.marker, x0 + 15, y, e.color)
+        : `<line x1="${x0 + 6}" x2="${
+          x0 + 24
+        }" y1="${y}" y2="${y}" stroke="${e.color}" stroke-width="2" stroke-opacity="${e.opacity ?? 1}"${
           e.dashed ? ' stroke-dasharray="5 3"' : ""
         }/>`,
       `<text x="${x0 + 30}" y="${y}" dominant-baseline="middle">${escapeHtml(e.name)}</text>`,
@@ -161,7 +202,7 @@ function svgBundle(svg: string, plain: string): Displayable {
 /** The SVG markup of a line chart (see {@link lineChart}). */
 export function lineChartSvg(series: readonly LineSeries[], opts: ChartOptions = {}): string {
   if (!series.length) throw new DifflabError(`lineChart: no series`);
-  const logY = opts.logY ?? false;
+  const logY = opts.logY ?? false, logX = opts.logX ?? false;
   const pts = series.map((s) => {
     const n = s.y.length;
     if (s.x && s.x.length !== n) {
@@ -170,14 +211,15 @@ export function lineChartSvg(series: readonly LineSeries[], opts: ChartOptions =
     const out: [number, number][] = [];
     for (let i = 0; i < n; i++) {
       const x = s.x ? Number(s.x[i]) : i + 1, y = Number(s.y[i]);
-      if (Number.isFinite(x) && Number.isFinite(y) && (!logY || y > 0)) out.push([x, y]);
+      if (Number.isFinite(x) && Number.isFinite(y) && (!logY || y > 0) && (!logX || x > 0)) out.push([x, y]);
     }
     return out;
   });
   const all = pts.flat();
   if (!all.length) throw new DifflabError(`lineChart: no finite points to draw`);
   let [x0, x1] = opts.xRange ?? [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
-  if (!(x1 > x0)) [x0, x1] = [x0 - 1, x0 + 1];
+  if (!(x1 > x0)) [x0, x1] = logX ? [x0 / 2, x0 * 2] : [x0 - 1, x0 + 1];
+  if (logX && !opts.xRange) [x0, x1] = [x0 / 1.15, x1 * 1.15];
   let [y0, y1] = opts.yRange ?? [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
   if (!opts.yRange) {
     if (logY) [y0, y1] = [y0 / 1.15, y1 * 1.15];
@@ -186,13 +228,15 @@ export function lineChartSvg(series: readonly LineSeries[], opts: ChartOptions =
       [y0, y1] = [y0 - pad, y1 + pad];
     }
   }
-  const f = frame(opts);
-  const tx = (x: number) => f.left + ((x - x0) / (x1 - x0)) * (f.right - f.left);
+  const f = frame(opts, legendWidth(series.flatMap((s) => (s.name ? [s.name] : []))));
+  const tx = logX
+    ? (x: number) => f.left + (Math.log(x / x0) / Math.log(x1 / x0)) * (f.right - f.left)
+    : (x: number) => f.left + ((x - x0) / (x1 - x0)) * (f.right - f.left);
   const ty = logY
     ? (y: number) => f.bottom - (Math.log(y / y0) / Math.log(y1 / y0)) * (f.bottom - f.top)
     : (y: number) => f.bottom - ((y - y0) / (y1 - y0)) * (f.bottom - f.top);
   yAxis(f, logY ? logTicks(y0, y1) : niceTicks(y0, y1), ty);
-  for (const v of niceTicks(x0, x1, 6)) {
+  for (const v of logX ? logTicks(x0, x1) : niceTicks(x0, x1, 6)) {
     const x = tx(v).toFixed(1);
     f.parts.push(
       `<line x1="${x}" x2="${x}" y1="${f.bottom}" y2="${f.bottom + 4}" stroke="#333"/>`,
@@ -203,7 +247,7 @@ export function lineChartSvg(series: readonly LineSeries[], opts: ChartOptions =
     `<line x1="${f.left}" x2="${f.right}" y1="${f.bottom}" y2="${f.bottom}" stroke="#333"/>`,
     `<line x1="${f.left}" x2="${f.left}" y1="${f.top}" y2="${f.bottom}" stroke="#333"/>`,
   );
-  const entries: { name: string; color: string; dashed?: boolean }[] = [];
+  const entries: Parameters<typeof legend>[1] = [];
   series.forEach((s, i) => {
     const color = s.color ?? PALETTE[i % PALETTE.length];
     const p = pts[i];
@@ -215,11 +259,12 @@ export function lineChartSvg(series: readonly LineSeries[], opts: ChartOptions =
       }"/>`,
     );
     if (s.markers ?? p.length <= 40) {
-      for (const [x, y] of p) {
-        f.parts.push(`<circle cx="${tx(x).toFixed(1)}" cy="${ty(y).toFixed(1)}" r="2.5" fill="${color}"/>`);
-      }
+      for (const [x, y] of p) f.parts.push(markerSvg(s.marker ?? "dot", tx(x), ty(y), color));
     }
-    if (s.name) entries.push({ name: s.name, color, dashed: s.dashed });
+    if (s.name) {
+      const marker = s.width === 0 ? s.marker ?? "dot" : undefined;
+      entries.push({ name: s.name, color, dashed: s.dashed, marker, opacity: s.opacity });
+    }
   });
   legend(f, entries);
   f.parts.push(`</svg>`);
@@ -342,9 +387,16 @@ export function barChartSvg(
   let [y0, y1] = opts.yRange ?? [Math.min(0, ...vals), Math.max(0, ...vals)];
   if (!(y1 > y0)) y1 = y0 + 1;
   if (!opts.yRange) y1 += (y1 - y0) * 0.08;
-  const f = frame({ ...opts, height: opts.height ?? 320 });
-  const rotate = categories.length > 8 || Math.max(...categories.map((c) => c.length)) > 8;
-  if (rotate) f.bottom -= 30;
+  const longest = Math.max(...categories.map((c) => c.length));
+  // Slant the labels only when they would not fit side by side under their groups.
+  const rotate = longest * 6.5 > (((opts.width ?? 640) - 80) / categories.length) * 0.9;
+  // Slanted labels need room below the axis; the canvas grows so the plot keeps its height.
+  const below = rotate ? Math.ceil(longest * 3.8) : 0;
+  const f = frame(
+    { ...opts, height: (opts.height ?? 320) + below },
+    series.length > 1 ? legendWidth(series.map((s) => s.name)) : 0,
+  );
+  f.bottom -= below;
   const ty = (y: number) => f.bottom - ((y - y0) / (y1 - y0)) * (f.bottom - f.top);
   yAxis(f, niceTicks(y0, y1), ty);
   const gw = (f.right - f.left) / categories.length, bw = (gw * 0.8) / series.length;

@@ -34,6 +34,8 @@ export interface RenderOptions {
   gap?: number;
   /** Colour map for single-channel images (default gray). */
   colormap?: Colormap;
+  /** Map each image's own min..max to the colour scale (feature maps of different magnitudes); ignores `range`. */
+  perImage?: boolean;
 }
 
 /** A rendered PNG and its size. */
@@ -171,8 +173,10 @@ export function renderGrid(images: readonly HostImage[], opts: RenderOptions = {
   const ch = rgb ? 3 : 1;
   const W = cols * cellW * scale + (cols + 1) * gap, H = rows * cellH * scale + (rows + 1) * gap;
   const out = new Uint8Array(W * H * ch).fill(128);
-  const [lo, hi] = range, k = 1 / (hi - lo);
   images.forEach((im, n) => {
+    // Per image: plain min..max (the "viridis" rule), symmetric for the diverging map.
+    const [lo, hi] = opts.perImage ? autoRange([im.data], map === "rdbu" ? "rdbu" : "viridis") : range;
+    const k = hi > lo ? 1 / (hi - lo) : 0;
     // Integer upscale of smaller images to the cell, then centred.
     const f = Math.max(1, Math.min(Math.floor(cellH / im.height), Math.floor(cellW / im.width)));
     const s = f * scale;

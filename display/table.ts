@@ -65,6 +65,7 @@ export function table(rows: readonly Readonly<Record<string, Cell>>[], opts: Tab
 export interface ParamRow {
   /** Name, with folded indices written as `{0..5}`. */
   name: string;
+  /** Shape of each tensor of the row (empty for a module row of a `depth` summary). */
   shape: number[];
   dtype: string;
   /** Number of tensors folded into this row. */
@@ -109,31 +110,82 @@ function fmtIndices(vals: number[]): string {
 }
 
 /**
- * Summarises parameters: tensors whose names differ only in numeric path
- * segments (block indices) and that share shape and dtype fold into one row
- * (unless `fold` is false).
+ * Where names may fold: a numeric path segment (e.g. the `3` of
+ * `blocks.3.attn.qkv.weight`) folds when every index under the same prefix
+ * holds an identical subtree (same suffixes, shapes and dtypes), i.e. it
+ * indexes repeated blocks rather than different modules that happen to be
+ * numbered (`mlp.0` / `mlp.2`). Returns the foldable prefixes.
  */
-export function paramSummary(tree: ParamsInput, opts: { fold?: boolean } = {}): ParamSummary {
+function foldablePrefixes(entries: [string, number[], string][]): Set<string> {
+  const sigs = new Map<string, Map<string, string[]>>();
+  for (const [name, shape, dtype] of entries) {
+    const parts = name.split(".");
+    parts.forEach((p, i) => {
+      if (!/^\d+$/.test(p)) return;
+      const prefix = parts.slice(0, i).join(".");
+      const byIndex = sigs.get(prefix) ?? new Map<string, string[]>();
+      sigs.set(prefix, byIndex);
+      const list = byIndex.get(p) ?? [];
+      byIndex.set(p, list);
+      list.push(`${parts.slice(i + 1).join(".")}|${shape.join(",")}|${dtype}`);
+    });
+  }
+  const out = new Set<string>();
+  for (const [prefix, byIndex] of sigs) {
+    if (byIndex.size < 2) continue;
+    const [first, ...rest] = [...byIndex.values()].map((l) => l.slice().sort().join(";"));
+    if (rest.every((r) => r === first)) out.add(prefix);
+  }
+  return out;
+}
+
+/**
+ * Summarises parameters: tensors that differ only in the index of repeated
+ * blocks (see {@link foldablePrefixes}) fold into one row, unless `fold` is
+ * false.
+ */
+export function paramSummary(tree: ParamsInput, opts: { fold?: boolean; depth?: number } = {}): ParamSummary {
   const entries = entriesOf(tree);
+  const foldable = opts.fold === false ? new Set<string>() : foldablePrefixes(entries);
   const groups = new Map<string, { parts: string[]; idx: number[][]; shape: number[]; dtype: string; n: number }>();
   for (const [name, shape, dtype] of entries) {
     const parts = name.split(".");
-    const numericAt = parts.map((p) => /^\d+$/.test(p));
-    const pattern = opts.fold === false ? name : parts.map((p, i) => (numericAt[i] ? "#" : p)).join(".");
+    const folded = parts.map((p, i) => /^\d+$/.test(p) && foldable.has(parts.slice(0, i).join(".")));
+    const pattern = parts.map((p, i) => (folded[i] ? "#" : p)).join(".");
     const key = `${pattern}|${shape.join(",")}|${dtype}`;
     let g = groups.get(key);
     if (!g) {
       g = { parts, idx: parts.map(() => []), shape, dtype, n: 0 };
       groups.set(key, g);
     }
-    parts.forEach((p, i) => numericAt[i] && g!.idx[i].push(Number(p)));
+    parts.forEach((p, i) => folded[i] && g!.idx[i].push(Number(p)));
     g.n++;
   }
-  const rows: ParamRow[] = [...groups.values()].map((g) => {
-    const name = g.parts.map((p, i) => (g.idx[i].length ? fmtIndices(g.idx[i]) : p)).join(".");
+  let rows: ParamRow[] = [...groups.values()].map((g) => {
+    const shown = g.parts.map((p, i) => (g.idx[i].length ? fmtIndices(g.idx[i]) : p));
     const per = g.shape.reduce((a, b) => a * b, 1);
-    return { name, shape: g.shape, dtype: g.dtype, tensors: g.n, count: per * g.n };
+    const name = opts.depth && shown.length > opts.depth ? shown.slice(0, opts.depth).join(".") : shown.join(".");
+    const module = !!opts.depth && shown.length > opts.depth;
+    return { name, shape: module ? [] : g.shape, dtype: g.dtype, tensors: g.n, count: per * g.n };
   });
+  if (opts.depth !== undefined) {
+    if (!Number.isInteger(opts.depth) || opts.depth < 1) {
+      throw new DifflabError(`showParams: depth must be a positive integer, got ${opts.depth}`);
+    }
+    // One row per module prefix, in first-seen order.
+    const byName = new Map<string, ParamRow>();
+    for (const r of rows) {
+      const m = byName.get(r.name);
+      if (!m) byName.set(r.name, { ...r });
+      else {
+        m.tensors += r.tensors;
+        m.count += r.count;
+        m.shape = [];
+        if (m.dtype !== r.dtype) m.dtype = "mixed";
+      }
+    }
+    rows = [...byName.values()];
+  }
   const total = rows.reduce((a, r) => a + r.count, 0);
   return {
     rows,
@@ -147,6 +199,8 @@ export function paramSummary(tree: ParamsInput, opts: { fold?: boolean } = {}): 
 export interface ShowParamsOptions {
   /** Fold repeated blocks into one row (default true). */
   fold?: boolean;
+  /** Summarise by module: one row per name prefix of this many path segments. */
+  depth?: number;
   /** Rows shown before "… N more rows" (default 60); totals always cover everything. */
   maxRows?: number;
   /** Caption (e.g. the model name). */
@@ -159,7 +213,7 @@ export interface ShowParamsOptions {
  * the total in the last row.
  */
 export function showParams(tree: ParamsInput, opts: ShowParamsOptions = {}): Displayable {
-  const s = paramSummary(tree, { fold: opts.fold });
+  const s = paramSummary(tree, { fold: opts.fold, depth: opts.depth });
   const maxRows = opts.maxRows ?? 60;
   const shown = s.rows.slice(0, maxRows);
   const bar = (c: number) => {
@@ -174,12 +228,12 @@ export function showParams(tree: ParamsInput, opts: ShowParamsOptions = {}): Dis
       ? `<caption style="caption-side:top;text-align:left;font-weight:bold">${escapeHtml(opts.title)}</caption>`
       : "",
     `<thead><tr><th style="text-align:left">parameter</th><th style="text-align:left">shape</th><th>dtype</th>` +
-    `<th style="text-align:right">×</th><th style="text-align:right">count</th><th style="text-align:left">share</th></tr></thead>`,
+    `<th style="text-align:right">tensors</th><th style="text-align:right">count</th><th style="text-align:left">share</th></tr></thead>`,
     `<tbody>`,
     ...shown.map((r) =>
       `<tr><td style="text-align:left"><code>${escapeHtml(r.name)}</code></td><td style="text-align:left">${
-        fmtShape(r.shape)
-      }</td><td>${r.dtype}</td><td style="text-align:right">${r.tensors > 1 ? r.tensors : ""}</td>` +
+        r.shape.length || !opts.depth ? fmtShape(r.shape) : "(module)"
+      }</td><td>${r.dtype}</td><td style="text-align:right">${r.tensors}</td>` +
       `<td style="text-align:right">${fmtInt(r.count)}</td><td>${bar(r.count)}</td></tr>`
     ),
     s.rows.length > shown.length
@@ -194,8 +248,13 @@ export function showParams(tree: ParamsInput, opts: ShowParamsOptions = {}): Dis
   const plain = [
     ...(opts.title ? [opts.title] : []),
     plainTable(
-      shown.map((r) => ({ parameter: r.name, shape: fmtShape(r.shape), x: r.tensors, count: r.count })),
-      ["parameter", "shape", "x", "count"],
+      shown.map((r) => ({
+        parameter: r.name,
+        shape: r.shape.length || !opts.depth ? fmtShape(r.shape) : "(module)",
+        tensors: r.tensors,
+        count: r.count,
+      })),
+      ["parameter", "shape", "tensors", "count"],
     ),
     `total: ${fmtInt(s.total)} parameters in ${s.tensors} tensors`,
   ].join("\n");

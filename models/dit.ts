@@ -34,6 +34,7 @@ export interface DiTConfig {
 }
 
 const BASE = { inputSize: 32, inChannels: 4, mlpRatio: 4, classDropoutProb: 0.1, numClasses: 1000, learnSigma: true };
+const TINY = { ...BASE, inChannels: 1, numClasses: 10, depth: 6, hiddenSize: 128, numHeads: 4 };
 const SIZES: Record<string, [number, number, number]> = {
   S: [12, 384, 6],
   B: [12, 768, 12],
@@ -41,7 +42,7 @@ const SIZES: Record<string, [number, number, number]> = {
   XL: [28, 1152, 16],
 };
 
-/** Every named DiT config (256px latents, 1000 classes) plus this project's small `DiT-T/2` for 32x32 MNIST. */
+/** Every named DiT config (256px latents, 1000 classes) plus this project's small `DiT-T/2`, `DiT-T/4` for 32x32 MNIST. */
 export const configs: Readonly<Record<string, DiTConfig>> = Object.freeze({
   ...Object.fromEntries(
     Object.entries(SIZES).flatMap(([s, [depth, hiddenSize, numHeads]]) =>
@@ -49,16 +50,8 @@ export const configs: Readonly<Record<string, DiTConfig>> = Object.freeze({
     ),
   ),
   // Project-own: 32x32 single-channel digits, 10 classes; small enough to train on 2 CPU cores.
-  "DiT-T/2": {
-    ...BASE,
-    inputSize: 32,
-    inChannels: 1,
-    numClasses: 10,
-    depth: 6,
-    hiddenSize: 128,
-    numHeads: 4,
-    patchSize: 2,
-  },
+  "DiT-T/2": { ...TINY, patchSize: 2 },
+  "DiT-T/4": { ...TINY, patchSize: 4 },
 });
 
 /** Output channels: 2C with learned sigma. */
