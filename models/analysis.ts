@@ -166,6 +166,7 @@ export async function dicoChannelStats(
 
 /** One row of {@link compareCca}'s summary. */
 export interface CcaComparisonRow {
+  /** Block name, `stage.index` (e.g. `"encoder_level_1.0"`). */
   block: string;
   /** Inactive fraction after the conv module, before the gate (CCA on). */
   inactiveBeforeGate: number;

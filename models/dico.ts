@@ -22,7 +22,7 @@ import { DifflabError, fmtShape, ShapeError } from "../tensor/errors.ts";
 import * as ops from "../tensor/ops.ts";
 import * as random from "../tensor/random.ts";
 import type { Key } from "../tensor/random.ts";
-import { Tensor } from "../tensor/tensor.ts";
+import { Tensor, tidy } from "../tensor/tensor.ts";
 import { type ApplyOptions, kw, type ModelDef } from "./common.ts";
 
 /** A DiCo configuration (the official constructor's arguments plus the input size used for FLOPs). */
@@ -58,37 +58,61 @@ export const STAGES: readonly Stage[] = [
 
 /** Parameters of one `DiCoBlock` (official names). */
 export interface DiCoBlockParams {
+  /** Conv module input: pointwise 1×1 conv `[D, D, 1, 1]`. */
   conv1: Conv2dParams;
+  /** Conv module spatial mixing: 3×3 depthwise conv `[D, 1, 3, 3]` (followed by GELU). */
   conv2: Conv2dParams;
+  /** Conv module output: 1×1 conv `[D, D, 1, 1]` after Compact Channel Attention, gated into the residual. */
   conv3: Conv2dParams;
+  /** Compact Channel Attention: 1×1 conv `[D, D, 1, 1]` on the pooled features, then sigmoid gate. */
   ca: { "1": Conv2dParams };
+  /** FFN expansion: 1×1 conv `[F, D, 1, 1]`, F = ⌊mlpRatio·D⌋ (followed by GELU). */
   conv4: Conv2dParams;
+  /** FFN projection back: 1×1 conv `[D, F, 1, 1]`. */
   conv5: Conv2dParams;
+  /** adaLN: `Linear(D, 6D)` after SiLU on the condition, giving shift/scale/gate for both sub-blocks (zero-init). */
   adaLN_modulation: { "1": LinearParams };
 }
 
 /** Parameters of a whole DiCo model (official names; `flattenTree` gives the state_dict). */
 export interface DiCoParams {
+  /** Stem: 3×3 conv `[C, inChannels, 3, 3]` at full resolution. */
   x_embedder: { proj: Conv2dParams };
+  /** Timestep MLP giving the width-C condition (encoder level 1). */
   t_embedder_1: TimestepEmbedderParams;
+  /** Timestep MLP giving the width-2C condition (encoder level 2, both decoder levels, final layer). */
   t_embedder_2: TimestepEmbedderParams;
+  /** Timestep MLP giving the width-4C condition (latent level). */
   t_embedder_3: TimestepEmbedderParams;
+  /** Label tables `[numClasses (+1 null), C | 2C | 4C]`, one per condition width, added to the timestep embeddings. */
   y_embedder: {
     embedding_table_0: { weight: Tensor };
     embedding_table_1: { weight: Tensor };
     embedding_table_2: { weight: Tensor };
   };
+  /** Blocks at full resolution, width C. */
   encoder_level_1: DiCoBlockParams[];
+  /** Downsample 1→2: 3×3 conv `[C/2, C]` (no bias) then pixel-unshuffle ×2, giving 2C channels. */
   down1_2: { body: [Conv2dParams] };
+  /** Blocks at 1/2 resolution, width 2C. */
   encoder_level_2: DiCoBlockParams[];
+  /** Downsample 2→3: 3×3 conv `[C, 2C]` (no bias) then pixel-unshuffle ×2, giving 4C channels. */
   down2_3: { body: [Conv2dParams] };
+  /** Bottleneck blocks at 1/4 resolution, width 4C. */
   latent: DiCoBlockParams[];
+  /** Upsample 3→2: 3×3 conv `[8C, 4C]` (no bias) then pixel-shuffle ×2, giving 2C channels. */
   up3_2: { body: [Conv2dParams] };
+  /** 1×1 conv `[2C, 4C]` fusing the upsampled features with the encoder-level-2 skip. */
   reduce_chan_level2: Conv2dParams;
+  /** Decoder blocks at 1/2 resolution, width 2C. */
   decoder_level_2: DiCoBlockParams[];
+  /** Upsample 2→1: 3×3 conv `[4C, 2C]` (no bias) then pixel-shuffle ×2, giving C channels. */
   up2_1: { body: [Conv2dParams] };
+  /** 1×1 conv `[2C, 2C]` fusing the upsampled features with the encoder-level-1 skip. */
   reduce_chan_level1: Conv2dParams;
+  /** Decoder blocks at full resolution, width 2C. */
   decoder_level_1: DiCoBlockParams[];
+  /** Output head: adaLN shift/scale `Linear(2C, 4C)` then 3×3 conv `[outChannels, 2C]` (both zero-init). */
   final_layer: { out_proj: Conv2dParams; adaLN_modulation: { "1": LinearParams } };
 }
 
@@ -367,7 +391,11 @@ export function apply(
     (params[stage] ?? []).forEach((bp, i) => {
       const name = `${stage}.${i}`;
       const cca = !(off === true || (Array.isArray(off) && off.includes(name)));
-      h = blockApply(bp, h, cv, { cca, name, tap: opts.tap });
+      const hin = h;
+      // A tap may hold on to tensors from inside the block, so only untapped runs get a scope per block.
+      h = opts.tap
+        ? blockApply(bp, hin, cv, { cca, name, tap: opts.tap })
+        : tidy(() => blockApply(bp, hin, cv, { cca, name }));
     });
     return h;
   };

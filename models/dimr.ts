@@ -29,7 +29,7 @@ import { DifflabError, fmtShape, ShapeError } from "../tensor/errors.ts";
 import * as ops from "../tensor/ops.ts";
 import * as random from "../tensor/random.ts";
 import type { Key } from "../tensor/random.ts";
-import { fromHost, Tensor } from "../tensor/tensor.ts";
+import { fromHost, Tensor, tidy } from "../tensor/tensor.ts";
 import type { ApplyOptions, ModelDef } from "./common.ts";
 
 /** One branch of an MRModel (the official `stage_configs[k]`). */
@@ -48,6 +48,7 @@ export interface DiMRStageConfig {
   numBlocks: number;
   /** Size of the position table and of the branch's feature grid. */
   maxHeight: number;
+  /** Width of the branch's feature grid (position table has `maxHeight·maxWidth` rows). */
   maxWidth: number;
   /** Area downsampling of the raw input before the patch conv. */
   imageInputRatio: number;
@@ -70,6 +71,7 @@ export interface DiMRConfig {
   numClasses?: number;
   /** Detach the features passed to the next branch. */
   blockGradToLowres: boolean;
+  /** Norm inside every block (see {@link DiMRNormType}); released configs use `"TDRMSN"`. */
   normType: DiMRNormType;
   /** Branches, lowest resolution first. */
   stages: readonly DiMRStageConfig[];
@@ -281,15 +283,21 @@ export function paramShapes(config: DiMRConfig): Record<string, number[]> {
 
 /** A time-dependent parameter's four tensors. */
 export interface Tdp {
+  /** Value `[d]` approached as the sigmoid gate → 1. */
   param0: Tensor;
+  /** Value `[d]` approached as the sigmoid gate → 0. */
   param1: Tensor;
+  /** Gate slope offset `w` `[d]`: the gate is `sigmoid(τ·(w + 1) + b)` (excluded from weight decay). */
   nodecay_weight: Tensor;
+  /** Gate bias `b` `[d]` (excluded from weight decay). */
   nodecay_bias: Tensor;
 }
 
 /** A time-dependent LayerNorm (`sigmoid.module.LayerNorm`). */
 export interface TdLnParams {
+  /** Time-dependent elementwise scale (base init 1). */
   weight: Tdp;
+  /** Time-dependent elementwise shift (base init 0). */
   bias: Tdp;
 }
 
@@ -298,30 +306,43 @@ export type DiMRNormParams = { scale: Tdp | Tensor } | TdLnParams;
 
 /** Gated MLP block (`MLPBlock`). */
 export interface MlpBlockParams {
+  /** Pre-norm applied to the block input. */
   norm: DiMRNormParams;
+  /** Gate branch `Linear(D, hiddenDim)`, passed through GELU. */
   w0: LinearParams;
+  /** Value branch `Linear(D, hiddenDim)`, multiplied by the GELU gate. */
   w1: LinearParams;
+  /** Output projection `Linear(hiddenDim, D)`. */
   w2: LinearParams;
 }
 
 /** One Transformer or ConvNeXt block. */
 export interface DiMRBlockParams {
+  /** Token mixer: self-attention (norm, `query_key_value [3D, D]` without bias, `dense [D, D]`) or a depthwise conv `[D, 1, k, k]`. */
   block1: { norm: DiMRNormParams; query_key_value: LinearParams; dense: LinearParams } | { "1": Conv2dParams };
+  /** Channel mixer: the gated MLP. */
   block2: MlpBlockParams;
 }
 
 /** One branch. */
 export interface DiMRStageParams {
+  /** Patch conv `[D, channels, r, r]` (stride r = inputFeatureRatio) and learned positions `[maxHeight·maxWidth, D]`. */
   input_layer: { "1": Conv2dParams; "3": { position_embeddings: { weight: Tensor } } };
+  /** Class-token table `[numClasses, D]`; only on Transformer branches of a class-conditional model. */
   class_embeds?: { weight: Tensor };
+  /** Previous-branch feature path (all but the first branch): TD-LN, `Linear(L, D·r²)` before pixel shuffle, TD-LN. */
   upsample?: [TdLnParams, { kernel: LinearParams }, TdLnParams];
+  /** The branch's blocks: the first half feed long skips, then a middle block, then the second half. */
   blocks: DiMRBlockParams[];
+  /** Long-skip fusions `Linear(2D, D)`, one per block of the second half. */
   skip_denses: LinearParams[];
+  /** Prediction head: TD-LN then a conv `[channels, D, k, k]` (k = finalKernelSize). */
   output_layer: { "0": TdLnParams; "2": Conv2dParams };
 }
 
 /** Parameters of an MRModel. */
 export interface DiMRParams {
+  /** One parameter record per branch, lowest resolution first. */
   stages: DiMRStageParams[];
 }
 
@@ -474,7 +495,8 @@ function stageApply(
     const ids = y.dtype === "i32" ? y : ops.cast(y, "i32");
     x = ops.concat([ops.reshape(ops.take(p.class_embeds!.weight, ids, 0), [B, 1, C]), x], 1);
   }
-  const block = (bp: DiMRBlockParams, h: Tensor) => {
+  const block = (bp: DiMRBlockParams, h: Tensor) => tidy(() => blockBody(bp, h));
+  const blockBody = (bp: DiMRBlockParams, h: Tensor) => {
     let a: Tensor;
     if (isT) a = selfAttention(bp.block1 as Parameters<typeof selfAttention>[0], h, tau, s.numHeads!, c.normType);
     else {

@@ -16,20 +16,30 @@ import { DifflabError, fmtShape, ShapeError } from "../tensor/errors.ts";
 import * as ops from "../tensor/ops.ts";
 import * as random from "../tensor/random.ts";
 import type { Key } from "../tensor/random.ts";
-import type { Tensor } from "../tensor/tensor.ts";
+import { type Tensor, tidy } from "../tensor/tensor.ts";
 import { type ApplyOptions, kw, type ModelDef } from "./common.ts";
 
 /** Constructor arguments of the official `DiT` class, in camelCase. */
 export interface DiTConfig {
+  /** Side length of the square input (latent) image, in pixels (`input_size`). */
   inputSize: number;
+  /** Side of each square patch; the model sees `(inputSize / patchSize)²` tokens. */
   patchSize: number;
+  /** Channels of the input image / latent (4 for SD-VAE latents, 1 for MNIST). */
   inChannels: number;
+  /** Token width D of every transformer block. */
   hiddenSize: number;
+  /** Number of DiT blocks. */
   depth: number;
+  /** Attention heads per block; must divide `hiddenSize`. */
   numHeads: number;
+  /** MLP hidden width as a multiple of `hiddenSize` (floored). */
   mlpRatio: number;
+  /** Probability of replacing the label by the null class during training (enables CFG); 0 drops the null row. */
   classDropoutProb: number;
+  /** Number of class labels (excluding the null class). */
   numClasses: number;
+  /** Also predict the variance: output has `2·inChannels` channels instead of `inChannels`. */
   learnSigma: boolean;
 }
 
@@ -102,18 +112,27 @@ export function paramShapes(c: DiTConfig): Record<string, number[]> {
 
 /** Parameters of one DiT block. */
 export interface DiTBlockParams {
+  /** Self-attention: fused `qkv [3D, D]` and output `proj [D, D]`. */
   attn: { qkv: LinearParams; proj: LinearParams };
+  /** Pointwise MLP: `fc1 [H, D]` then GELU(tanh) then `fc2 [D, H]`, H = D·mlpRatio. */
   mlp: { fc1: LinearParams; fc2: LinearParams };
+  /** adaLN-Zero: `Linear(D, 6D)` after SiLU giving shift/scale/gate for attention and MLP (zero-initialised). */
   adaLN_modulation: { "1": LinearParams };
 }
 
 /** Parameters of a DiT (official names). */
 export interface DiTParams {
+  /** Fixed 2-D sin-cos position embedding `[1, T, D]` (not trained). */
   pos_embed: Tensor;
+  /** Patch embedding: a p×p stride-p conv stored as `proj.weight [D, C, p, p]`, `proj.bias [D]`. */
   x_embedder: { proj: LinearParams };
+  /** Timestep MLP on 256 sinusoidal features: `mlp.0 [D, 256]`, `mlp.2 [D, D]`. */
   t_embedder: { mlp: { "0": LinearParams; "2": LinearParams } };
+  /** Class table `[numClasses (+1 null class), D]`. */
   y_embedder: { embedding_table: { weight: Tensor } };
+  /** The `depth` transformer blocks, in order. */
   blocks: DiTBlockParams[];
+  /** adaLN-modulated output head: `linear [p²·outChannels, D]`, `adaLN_modulation.1 [2D, D]`. */
   final_layer: { linear: LinearParams; adaLN_modulation: { "1": LinearParams } };
 }
 
@@ -261,7 +280,8 @@ export function apply(p: DiTParams, x: Tensor, t: Tensor, y: Tensor, c: DiTConfi
   checkInput("DiT", x, t, y, c);
   let h = embedPatches(p, x, c);
   const { c: cond } = embedConditions(p, t, y, c, opts);
-  for (const b of p.blocks) h = block(b, h, cond, c.numHeads);
+  // A scope per block frees its intermediates at inference (traced ones survive for backward).
+  for (const b of p.blocks) h = tidy(() => block(b, h, cond, c.numHeads));
   return finalLayer(p, h, cond, c);
 }
 

@@ -31,8 +31,11 @@ export const configs: Readonly<Record<string, DyDiTConfig>> = Object.freeze(
 
 /** Router parameters of one block (official names). */
 export interface RouterParams {
+  /** Head router on the timestep embedding: `Linear(D, heads)` logits, one per attention head. */
   attn_rate: { router: LinearParams };
+  /** MLP channel-group router on the timestep embedding: `Linear(D, heads)` logits, one per group. */
   mlp_rate: { router: LinearParams };
+  /** Per-token keep router: `Linear(D, D/16) -> ReLU -> Linear(D/16, 1)` logit for skipping the MLP. */
   token_selection: { mlp_head: { "0": LinearParams; "2": LinearParams } };
 }
 
@@ -103,6 +106,7 @@ function hardMask(logit: Tensor, opts: ApplyOptions, key?: Key): Tensor {
 
 /** Everything the official forward returns besides the output. */
 export interface DyDiTOutputs {
+  /** Model prediction `[N, outChannels, H, W]`, as DiT's forward. */
   out: Tensor;
   /** `[N, depth, heads]` head masks. */
   attnMasks: Tensor;
@@ -112,7 +116,9 @@ export interface DyDiTOutputs {
   tokenMasks: Tensor;
   /** Router logits, same shapes as the masks. */
   attnLogits: Tensor;
+  /** MLP channel-group router logits `[N, depth, heads]`. */
   mlpLogits: Tensor;
+  /** Token router logits `[N, depth, T, 1]`. */
   tokenLogits: Tensor;
 }
 
@@ -229,6 +235,7 @@ export function flopsLoss(o: DyDiTOutputs, c: DyDiTConfig, target: number): Tens
 
 /** Result of {@link applyDynamic}. */
 export interface DynamicResult {
+  /** Model prediction `[N, outChannels, H, W]` computed on the active heads, groups and tokens only. */
   out: Tensor;
   /** MACs executed for the whole batch (linear, conv and attention matmuls). */
   executedMacs: number;

@@ -114,7 +114,9 @@ export function mergeHeads(x: Tensor): Tensor {
 
 /** Rotation table of a rotary embedding: cos/sin `[T, headDim/2]`, one row per token. */
 export interface RopeTable {
+  /** Cosine of each token's rotation angle per complex channel pair, `[T, headDim/2]`. */
   cos: Tensor;
+  /** Sine of each token's rotation angle per complex channel pair, `[T, headDim/2]`. */
   sin: Tensor;
 }
 
@@ -196,8 +198,11 @@ export interface MhaConfig {
 
 /** Parameters of {@link mha}. */
 export interface MhaParams {
+  /** Fused query/key/value projection, weight `[3·dim, dim]` (output laid out q|k|v, head-major). */
   qkv: LinearParams;
+  /** Output projection applied after merging heads, weight `[dim, dim]`. */
   proj: LinearParams;
+  /** Per-head log temperature `[heads, 1, 1]` of cosine attention; present only when `cosine` was set. */
   logit_scale?: Tensor;
 }
 

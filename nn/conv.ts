@@ -60,7 +60,9 @@ export interface Conv2dConfig {
 
 /** Parameters of {@link conv2d}: weight `[out, in/groups, kh, kw]`, bias `[out]`. */
 export interface Conv2dParams {
+  /** Convolution kernel, `[out, in/groups, kh, kw]`. */
   weight: Tensor;
+  /** Per-output-channel bias `[out]`; absent when the layer has no bias. */
   bias?: Tensor;
 }
 
@@ -174,7 +176,9 @@ export interface ConvTranspose2dConfig extends ConvTranspose2dOptions {
 
 /** Parameters of {@link convTranspose2d}: weight `[in, out/groups, kh, kw]`, bias `[out]`. */
 export interface ConvTranspose2dParams {
+  /** Transposed-convolution kernel, `[in, out/groups, kh, kw]` (PyTorch layout). */
   weight: Tensor;
+  /** Per-output-channel bias `[out]`; absent when the layer has no bias. */
   bias?: Tensor;
 }
 

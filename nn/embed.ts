@@ -63,6 +63,7 @@ export interface TimestepEmbedderConfig {
 
 /** Parameters of {@link timestepEmbedder}, named like DiT's `mlp.0` / `mlp.2` (index 1 is the SiLU). */
 export interface TimestepEmbedderParams {
+  /** The MLP on the sinusoidal features: `0` is `Linear(F, D)`, `2` is `Linear(D, D)`. */
   mlp: { "0": LinearParams; "2": LinearParams };
 }
 
@@ -138,6 +139,7 @@ export interface LabelEmbedderConfig {
 
 /** Parameters of {@link labelEmbedder}, named like DiT's `embedding_table.weight`. */
 export interface LabelEmbedderParams {
+  /** Class embedding table `weight [K (+1 null class when dropout > 0), D]`. */
   embedding_table: { weight: Tensor };
 }
 

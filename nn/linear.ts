@@ -28,7 +28,9 @@ export interface LinearConfig {
 
 /** Parameters of {@link linear}: weight `[out, in]` and optional bias `[out]`. */
 export interface LinearParams {
+  /** Weight matrix `[out, in]` (PyTorch layout: `y = x·Wᵀ + b`). */
   weight: Tensor;
+  /** Additive bias `[out]`; absent when the layer has no bias. */
   bias?: Tensor;
 }
 
@@ -94,6 +96,7 @@ export interface EmbeddingConfig {
 
 /** Parameters of {@link embedding}: `weight [numEmbeddings, dim]`. */
 export interface EmbeddingParams {
+  /** Lookup table `[numEmbeddings, dim]`; row i is the vector of index i. */
   weight: Tensor;
 }
 

@@ -22,4 +22,5 @@ export * from "./norm.ts";
 export * from "./optim.ts";
 export * from "./spatial.ts";
 export * from "./tree.ts";
+/** Checkpoint I/O: safetensors read/write (atomic) and PyTorch `.pt` state-dict reading. */
 export * as io from "./io.ts";

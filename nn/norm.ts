@@ -72,7 +72,9 @@ export interface LayerNormConfig {
 
 /** Parameters of {@link layerNorm}, `{}` without affine. */
 export interface NormParams {
+  /** Elementwise scale `[dim]` (init 1); absent without affine. */
   weight?: Tensor;
+  /** Elementwise shift `[dim]` (init 0); absent without affine or with `bias: false`. */
   bias?: Tensor;
 }
 

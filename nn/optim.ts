@@ -113,8 +113,11 @@ export interface AdamWConfig {
 
 /** AdamW state: completed step count and first/second moments shaped like the params (null for non-float leaves). */
 export interface AdamWState {
+  /** Number of completed optimiser steps (0 for a fresh state); also the schedule's input. */
   step: number;
+  /** First-moment (mean) estimates: a tree shaped like the params, null at non-float leaves. */
   m: unknown;
+  /** Second-moment (uncentred variance) estimates: a tree shaped like the params, null at non-float leaves. */
   v: unknown;
 }
 
@@ -185,7 +188,9 @@ export interface SgdConfig {
 
 /** SGD state: step count and momentum buffers (null until a leaf's first update, as torch). */
 export interface SgdState {
+  /** Number of completed optimiser steps (0 for a fresh state); also the schedule's input. */
   step: number;
+  /** Momentum buffers: a tree shaped like the params, null at a leaf until its first update. */
   momentum: unknown;
 }
 

@@ -26,13 +26,21 @@ export interface RunInfo {
   step: number;
   /** Run seed; per-step keys are derived from it and the step. */
   seed: number;
+  /** Name of the dataset trained on (e.g. "mnist"). */
   dataset: string;
+  /** Images per optimiser step. */
   batch: number;
+  /** Peak AdamW learning rate after warm-up. */
   lr: number;
+  /** Linear learning-rate warm-up length, in steps. */
   warmup: number;
+  /** AdamW decoupled weight decay. */
   weightDecay: number;
+  /** Target EMA decay (ramped in as `min(decay, (1+step)/(10+step))`). */
   emaDecay: number;
+  /** Max global gradient norm (gradients are clipped to it). */
   clip: number;
+  /** "paper": the family's own objective; "flow": linear-path flow matching. */
   objective: "paper" | "flow";
   /** Steps the run was asked for (resuming continues to it unless overridden). */
   totalSteps: number;
@@ -40,9 +48,13 @@ export interface RunInfo {
 
 /** A full training state. */
 export interface TrainState {
+  /** Run configuration and progress (stored as checkpoint metadata). */
   info: RunInfo;
+  /** The model's parameter tree (official names), as trained. */
   params: unknown;
+  /** Exponential moving average of `params`, same tree shape; what sampling uses. */
   ema: unknown;
+  /** AdamW step count and moment trees. */
   opt: AdamWState;
 }
 

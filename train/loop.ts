@@ -28,21 +28,29 @@ export interface TrainOptions {
   model?: string;
   /** Fields that override the named config (e.g. a smaller `inputSize`/`depth` for experiments and tests). */
   configOverrides?: Record<string, unknown>;
+  /** Total optimiser steps of the run (when resuming: the new total, not the steps still to do). */
   steps: number;
+  /** Images per step (default 64; a resumed run keeps its checkpoint's value). */
   batch?: number;
+  /** Peak AdamW learning rate after warm-up (default 1e-3). */
   lr?: number;
   /** Linear warm-up steps. */
   warmup?: number;
+  /** AdamW decoupled weight decay (default 0). */
   weightDecay?: number;
+  /** Target EMA decay of the averaged weights, ramped in as `min(decay, (1+step)/(10+step))` (default 0.999). */
   emaDecay?: number;
   /** Max global gradient norm. */
   clip?: number;
+  /** Seed of the init, data order, noise and timesteps (default 0); the run is a pure function of it. */
   seed?: number;
+  /** "paper" (default): the family's own objective; "flow": linear-path flow matching. */
   objective?: "paper" | "flow";
   /** Output directory for ckpt.safetensors, log.jsonl and sample grids (none: nothing is written). */
   out?: string;
   /** Continue from `out/ckpt.safetensors`. */
   resume?: boolean;
+  /** Write a log record (and progress line) every N steps and at the end (default 10). */
   logEvery?: number;
   /** Checkpoint every N steps (and at the end). */
   ckptEvery?: number;
@@ -60,17 +68,25 @@ export interface TrainOptions {
 
 /** One line of `log.jsonl`. */
 export interface LogRecord {
+  /** Steps completed so far (1-based: the step just taken). */
   step: number;
+  /** Training loss of that step's batch. */
   loss: number;
+  /** Learning rate used for that step (after warm-up scaling). */
   lr: number;
+  /** Global gradient norm before clipping. */
   grad_norm: number;
+  /** Training throughput since the previous log record, in images per second. */
   images_per_s: number;
+  /** Wall-clock seconds since this call to {@link train} began (a resumed run restarts from 0). */
   elapsed_s: number;
 }
 
 /** Result of a run. */
 export interface TrainResult {
+  /** Final parameters, EMA weights, optimiser state and run info (what the checkpoint holds). */
   state: TrainState;
+  /** Loss of every step this call ran, in order (excludes steps before a resume). */
   losses: number[];
 }
 

@@ -27,6 +27,7 @@ export type SamplerName = "ddpm" | "ddim" | "dpm-solver" | "euler" | "heun";
 
 /** Options of one sampling run. */
 export interface SampleOptions {
+  /** Sampler to use (default: the objective's `defaultSampler`); Euler/Heun need the flow objective. */
   sampler?: SamplerName;
   /** Number of sampler steps (model evaluations for DPM-Solver/Euler; 2x for Heun). */
   steps?: number;
