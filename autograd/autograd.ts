@@ -18,7 +18,7 @@ type Ct = Tensor | null;
 interface Node {
   inputs: readonly Tensor[];
   outputs: readonly Tensor[];
-  vjp: (cts: Ct[]) => Ct[];
+  vjp: (cts: Ct[], needs?: readonly boolean[]) => Ct[];
 }
 
 class Trace implements Tracer {
@@ -37,7 +37,7 @@ class Trace implements Tracer {
     }
   }
 
-  record(inputs: readonly Tensor[], outputs: readonly Tensor[], vjp: (cts: Ct[]) => Ct[]) {
+  record(inputs: readonly Tensor[], outputs: readonly Tensor[], vjp: (cts: Ct[], needs?: readonly boolean[]) => Ct[]) {
     this.nodes.push({ inputs, outputs, vjp });
     for (const o of outputs) if (isFloat(o.dtype)) this.track(o);
     // Inputs the node needs in backward must outlive any inner tidy too.
@@ -87,7 +87,8 @@ class Trace implements Tracer {
       const node = this.nodes[n];
       const outCts = node.outputs.map((o) => cts.get(o) ?? null);
       if (outCts.every((c) => c === null)) continue;
-      const inCts = node.vjp(outCts);
+      // Cotangents of inputs this trace does not track (data, constants) are never used: skip them.
+      const inCts = node.vjp(outCts, node.inputs.map((t) => this.tracked.has(t)));
       const fresh = new Set<Tensor>();
       node.inputs.forEach((inp, i) => {
         const c = inCts[i];
@@ -354,11 +355,14 @@ export function jvp<A extends unknown[], R>(f: (...a: A) => R, primals: A, tange
   return [out, tOut as R];
 }
 
-installVjp((prim, params, inputs, outputs, cts) =>
-  (vjpRules[prim] as (p: unknown, i: readonly Tensor[], o: readonly Tensor[], c: Ct[]) => Ct[])(
+const ALL: readonly boolean[] = [true, true, true, true];
+
+installVjp((prim, params, inputs, outputs, cts, needs) =>
+  (vjpRules[prim] as (p: unknown, i: readonly Tensor[], o: readonly Tensor[], c: Ct[], n: readonly boolean[]) => Ct[])(
     params,
     inputs,
     outputs,
     cts,
+    needs ?? ALL,
   )
 );

@@ -10,13 +10,20 @@ import type { ParamsOf, Prim } from "../tensor/prims.ts";
 import { bind, type Tensor } from "../tensor/tensor.ts";
 
 type Ct = Tensor | null;
-/** A VJP rule: output cotangents (non-null for at least one output) to input cotangents. */
+/**
+ * A VJP rule: output cotangents (non-null for at least one output) to input cotangents.
+ * `needs[i]` false means input i's cotangent will be discarded, so a rule may return null for it.
+ */
 export type VjpRule<P extends Prim> = (
   p: ParamsOf[P],
   ins: readonly Tensor[],
   outs: readonly Tensor[],
   cts: Ct[],
+  needs: readonly boolean[],
 ) => Ct[];
+
+/** `f()` when the cotangent is needed, else null (saves the work for constants and data). */
+const when = (need: boolean | undefined, f: () => Tensor): Ct => (need === false ? null : f());
 
 /** Sums a cotangent of a broadcast result back to the operand's shape. */
 export function sumToShape(ct: Tensor, shape: readonly number[]): Tensor {
@@ -58,21 +65,32 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
   log1p: un((x, _y, ct) => ops.div(ct, ops.add(x, 1))),
   expm1: un((_x, y, ct) => ops.mul(ct, ops.add(y, 1))),
   add: (_p, _i, _o, [ct]) => [ct, ct],
-  sub: (_p, _i, _o, [ct]) => [ct, ops.neg(ct!)],
-  mul: (_p, [a, b], _o, [ct]) => [ops.mul(ct!, b), ops.mul(ct!, a)],
-  div: (_p, [_a, b], [y], [ct]) => [ops.div(ct!, b), ops.neg(ops.div(ops.mul(ct!, y), b))],
-  pow: (_p, [a, b], [y], [ct]) => [
-    ops.mul(ct!, ops.mul(b, ops.pow(a, ops.sub(b, 1)))),
-    ops.mul(ct!, ops.mul(ops.log(ops.where(ops.equal(a, 0), 1, a)), y)),
+  sub: (_p, _i, _o, [ct], n) => [ct, when(n[1], () => ops.neg(ct!))],
+  mul: (_p, [a, b], _o, [ct], n) => [when(n[0], () => ops.mul(ct!, b)), when(n[1], () => ops.mul(ct!, a))],
+  div: (_p, [_a, b], [y], [ct], n) => [
+    when(n[0], () => ops.div(ct!, b)),
+    when(n[1], () => ops.neg(ops.div(ops.mul(ct!, y), b))),
   ],
-  maximum: (_p, [a, b], _o, [ct]) => {
-    return [ops.mul(ct!, share(ops.greater, a, b)), ops.mul(ct!, share(ops.greater, b, a))];
-  },
-  minimum: (_p, [a, b], _o, [ct]) => {
-    return [ops.mul(ct!, share(ops.less, a, b)), ops.mul(ct!, share(ops.less, b, a))];
-  },
+  pow: (_p, [a, b], [y], [ct], n) => [
+    when(n[0], () => ops.mul(ct!, ops.mul(b, ops.pow(a, ops.sub(b, 1))))),
+    when(n[1], () => ops.mul(ct!, ops.mul(ops.log(ops.where(ops.equal(a, 0), 1, a)), y))),
+  ],
+  maximum: (_p, [a, b], _o, [ct], n) => [
+    when(n[0], () => ops.mul(ct!, share(ops.greater, a, b))),
+    when(n[1], () => ops.mul(ct!, share(ops.greater, b, a))),
+  ],
+  minimum: (_p, [a, b], _o, [ct], n) => [
+    when(n[0], () => ops.mul(ct!, share(ops.less, a, b))),
+    when(n[1], () => ops.mul(ct!, share(ops.less, b, a))),
+  ],
   compare: zero,
-  where: (_p, [c], _o, [ct]) => [null, ops.where(c, ct!, 0), ops.where(c, 0, ct!)],
+  where: (
+    _p,
+    [c],
+    _o,
+    [ct],
+    n,
+  ) => [null, when(n[1], () => ops.where(c, ct!, 0)), when(n[2], () => ops.where(c, 0, ct!))],
   cast: (_p, [x], _o, [ct]) => [isFloat(x.dtype) && isFloat(ct!.dtype) ? ops.cast(ct!, x.dtype) : null],
   sum: (p, [x], _o, [ct]) => {
     const kept = x.shape.map((d, i) => (p.axes.includes(i) ? 1 : d));
@@ -87,11 +105,11 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
   argmax: zero,
   cumsum: (p, _i, _o, [ct]) => [ops.cumsum(ct!, p.axis, !p.reverse)],
   cumprod: (p, [x], [y], [ct]) => [ops.div(ops.cumsum(ops.mul(ct!, y), p.axis, !p.reverse), x)],
-  dot: (_p, [a, b], _o, [ct]) => [
-    bind("dot", [ct!, ops.transpose(b, [0, 2, 1])], {})[0],
-    bind("dot", [ops.transpose(a, [0, 2, 1]), ct!], {})[0],
+  dot: (_p, [a, b], _o, [ct], n) => [
+    when(n[0], () => bind("dot", [ct!, ops.transpose(b, [0, 2, 1])], {})[0]),
+    when(n[1], () => bind("dot", [ops.transpose(a, [0, 2, 1]), ct!], {})[0]),
   ],
-  conv: (p, [x, w], _o, [ct]) => {
+  conv: (p, [x, w], _o, [ct], need) => {
     const [H, W] = [x.shape[3], x.shape[4]];
     const [KH, KW] = [w.shape[3], w.shape[4]];
     const [OH, OW] = [ct!.shape[3], ct!.shape[4]];
@@ -103,12 +121,14 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
       return [before, ld + kd - 1 - od - before];
     };
     const wt = ops.flip(ops.transpose(w, [0, 2, 1, 3, 4]), [3, 4]);
-    const dx = bind("conv", [ct!, wt], {
-      stride: p.lhsDilation,
-      padding: [lhsPad(0, H, KH, OH), lhsPad(1, W, KW, OW)],
-      lhsDilation: p.stride,
-      rhsDilation: p.rhsDilation,
-    })[0];
+    const dx = when(need[0], () =>
+      bind("conv", [ct!, wt], {
+        stride: p.lhsDilation,
+        padding: [lhsPad(0, H, KH, OH), lhsPad(1, W, KW, OW)],
+        lhsDilation: p.stride,
+        rhsDilation: p.rhsDilation,
+      })[0]);
+    if (need[1] === false) return [dx, null];
     // Weight gradient: correlate input (batch<->channel swapped) with the cotangent (JAX's transpose_rhs).
     const rhsPad = (i: 0 | 1, n: number, k: number, o: number): [number, number] => {
       const ld = dil(n, p.lhsDilation[i]), kd = dil(k, p.rhsDilation[i]), od = dil(o, p.stride[i]);

@@ -18,11 +18,14 @@ export type NestedArray = number | boolean | NestedArray[];
 export interface Tracer {
   /** True when `t` depends on this tracer's inputs. */
   tracks(t: Tensor): boolean;
-  /** Records one application; `vjp` maps output cotangents to input cotangents. */
+  /**
+   * Records one application; `vjp` maps output cotangents to input cotangents, and may skip
+   * (return null for) inputs whose `needs` entry is false.
+   */
   record(
     inputs: readonly Tensor[],
     outputs: readonly Tensor[],
-    vjp: (cts: (Tensor | null)[]) => (Tensor | null)[],
+    vjp: (cts: (Tensor | null)[], needs?: readonly boolean[]) => (Tensor | null)[],
   ): void;
 }
 
@@ -36,6 +39,7 @@ export type VjpFn = (
   inputs: readonly Tensor[],
   outputs: readonly Tensor[],
   cts: (Tensor | null)[],
+  needs?: readonly boolean[],
 ) => (Tensor | null)[];
 let vjpOf: VjpFn | null = null;
 /** Installs the primitive VJP dispatcher (called once by autograd). */
@@ -232,7 +236,7 @@ export function bind<P extends Prim>(prim: P, inputs: readonly Tensor[], params:
   if (tracers.length && outs.some((o) => isFloat(o.dtype))) {
     for (const tr of tracers) {
       if (inputs.some((t) => tr.tracks(t))) {
-        tr.record(inputs, outs, (cts) => vjpOf!(prim, params, inputs, outs, cts));
+        tr.record(inputs, outs, (cts, needs) => vjpOf!(prim, params, inputs, outs, cts, needs));
       }
     }
   }
