@@ -32,7 +32,7 @@ Options:
   --steps S         sampler steps (default: the sampler's own, as in deno task sample)
   --cfg W           classifier-free guidance scale (1 = off; default 2)
   --sampler S       ddpm, ddim, dpm-solver, euler or heun (default: the model's own)
-  --chunk N         images sampled at once (default 200; lower it to save memory)
+  --chunk N         images sampled at once (default 50; lower it to save memory)
   --dataset D       dataset of the classifier (default: the checkpoint's)
   --cache DIR       where the classifier is cached (default: the checkpoint's directory)
   --grid FILE       also write the first 10 samples of every class as a PNG grid
@@ -60,7 +60,7 @@ await runMain(async () => {
   });
   const ckpt = a.str("ckpt") ?? a.fail("--ckpt FILE is required");
   const perClass = a.int("n", 100, 1);
-  const chunk = a.int("chunk", 200, 1);
+  const chunk = a.int("chunk", 50, 1);
   const sampler = a.str("sampler") === undefined
     ? undefined
     : a.choice("sampler", ["ddpm", "ddim", "dpm-solver", "euler", "heun"] as const, "ddim") as SamplerName;

@@ -79,8 +79,10 @@ await runMain(async () => {
     debug: { type: "boolean" },
   });
   const resume = a.bool("resume");
-  // A resumed run takes its model (and hyper-parameters) from the checkpoint unless --model is given.
-  const model = a.str("model", resume ? undefined : DEFAULTS.model);
+  const out = a.str("out", DEFAULTS.out)!;
+  // A resumed run takes its model from the checkpoint; if the run died before writing one, it restarts.
+  const hasCkpt = await Deno.stat(`${out}/ckpt.safetensors`).then(() => true, () => false);
+  const model = a.str("model", resume && hasCkpt ? undefined : DEFAULTS.model);
   if (model !== undefined) {
     try {
       findModel(model);
@@ -98,13 +100,14 @@ await runMain(async () => {
     emaDecay: a.num("ema", 0.999, 0),
     clip: a.num("clip", 1, 0),
     objective: a.choice("objective", ["paper", "flow"] as const, "paper"),
-    out: a.str("out", DEFAULTS.out)!,
+    out,
     resume,
     seed: a.int("seed", 0, 0),
     logEvery: a.int("log-every", 10, 1),
     ckptEvery: a.int("ckpt-every", 100, 1),
     sampleEvery: a.int("sample-every", 0, 0),
     quiet: a.bool("quiet"),
+    onNotice: (m: string) => console.error(m),
     sample: {
       cfg: a.num("cfg", DEFAULTS.cfg, 0),
       steps: a.int("sample-steps", DEFAULTS.sampleSteps, 1),

@@ -243,7 +243,9 @@ export const sgd: { init: typeof sgdInit; update: typeof sgdUpdate } = { init: s
 
 /** The L2 norm of all float Tensor leaves of a tree together, as a scalar Tensor (f32 unless all are f64). */
 export function globalNorm(tree: unknown): Tensor {
-  const ls = namedLeaves(tree).map(([, t]) => t).filter((t) => isFloat(t.dtype));
+  // Summed in name order, so a tree rebuilt with its keys in another order (a loaded checkpoint) gives the same bits.
+  const ls = namedLeaves(tree).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, t]) => t)
+    .filter((t) => isFloat(t.dtype));
   if (ls.length === 0) throw new DifflabError(`globalNorm: the tree has no floating-point tensors`);
   const dtype = ls.every((t) => t.dtype === "f64") ? "f64" : ls[0].dtype === "f16" ? "f32" : ls[0].dtype;
   const sq = ls.map((t) => ops.sum(ops.mul(ops.cast(t, dtype), ops.cast(t, dtype))));

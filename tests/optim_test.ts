@@ -4,6 +4,7 @@
  * safetensors that resumes bit-identically.
  */
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import * as d from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { assertClose, vals } from "./util.ts";
@@ -209,4 +210,17 @@ Deno.test("adamw + clipping + ema train a small f32 regression: loss falls, no b
   const last = vals(lossFn(params as d.nn.LinearParams))[0];
   assert.ok(last < first * 0.01, `loss ${first} -> ${last}`);
   assert.ok(vals(lossFn(ema as d.nn.LinearParams))[0] < first * 0.05);
+});
+
+Deno.test("globalNorm does not depend on the key order of the tree (a reloaded checkpoint resumes bit for bit)", async () => {
+  await fc.assert(
+    fc.asyncProperty(fc.integer({ min: 0, max: 1e6 }), fc.integer({ min: 2, max: 12 }), async (seed, n) => {
+      const keys = d.random.split(d.randomKey(seed), n);
+      const entries = keys.map((k, i) => [`p${i}`, d.random.normal(k, [1 + (i % 5), 7], { dtype: "f32" })] as const);
+      const a = nn.globalNorm(Object.fromEntries(entries));
+      const b = nn.globalNorm(Object.fromEntries([...entries].reverse()));
+      assert.equal(await a.item(), await b.item());
+    }),
+    { numRuns: 20 },
+  );
 });

@@ -48,8 +48,13 @@ export interface TrainOptions {
   objective?: "paper" | "flow";
   /** Output directory for ckpt.safetensors, log.jsonl and sample grids (none: nothing is written). */
   out?: string;
-  /** Continue from `out/ckpt.safetensors`. */
+  /**
+   * Continue from `out/ckpt.safetensors`. When there is none yet (a run killed before its first
+   * checkpoint) and `model` is given, a new run starts.
+   */
   resume?: boolean;
+  /** Receives one-line notices (e.g. that a resume found no checkpoint and started anew). */
+  onNotice?: (message: string) => void;
   /** Write a log record (and progress line) every N steps and at the end (default 10). */
   logEvery?: number;
   /** Checkpoint every N steps (and at the end). */
@@ -115,6 +120,25 @@ async function appendLog(path: string, rec: LogRecord) {
   await Deno.writeTextFile(path, JSON.stringify(rec) + "\n", { append: true });
 }
 
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/** Deletes temporary files that a killed run left mid-write (`*.tmp-*`); the real files are untouched. */
+async function removeStaleTemps(dir: string) {
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isFile && /\.tmp-[0-9a-zA-Z-]+$/.test(e.name)) {
+      await Deno.remove(`${dir}/${e.name}`).catch(() => {});
+    }
+  }
+}
+
 /** Keeps the log consistent with a resumed checkpoint: drops lines past its step. */
 async function truncateLog(path: string, step: number) {
   let text: string;
@@ -156,11 +180,17 @@ export async function sampleGrid(
 export async function train(data: TrainData, o: TrainOptions): Promise<TrainResult> {
   const ckptPath = o.out ? `${o.out}/ckpt.safetensors` : undefined;
   const logPath = o.out ? `${o.out}/log.jsonl` : undefined;
-  if (o.out) await Deno.mkdir(o.out, { recursive: true });
+  if (o.out) {
+    await Deno.mkdir(o.out, { recursive: true });
+    await removeStaleTemps(o.out);
+  }
   let state: TrainState;
-  if (o.resume) {
-    if (!ckptPath) throw new DifflabError("train: --resume needs an output directory with a checkpoint");
-    state = await loadCheckpoint(ckptPath);
+  if (o.resume && !ckptPath) throw new DifflabError("train: --resume needs an output directory with a checkpoint");
+  // A run killed before its first checkpoint left nothing to resume: with a model named, start it anew.
+  const fresh = o.resume && o.model !== undefined && !(await exists(ckptPath!));
+  if (fresh) o.onNotice?.(`train: no checkpoint in ${o.out} yet; starting a new run`);
+  if (o.resume && !fresh) {
+    state = await loadCheckpoint(ckptPath!);
     if (o.model !== undefined && state.info.model !== o.model) {
       throw new DifflabError(`train: ${ckptPath} holds a ${state.info.model} run, not ${o.model}`);
     }
