@@ -6,13 +6,14 @@
  * `jvp` (as the VJP of a VJP) and `checkpoint` compose.
  */
 import { isFloat } from "../tensor/dtype.ts";
-import { DifflabError, fmtShape, ShapeError } from "../tensor/errors.ts";
+import { describe, DifflabError, DTypeError, fmtShape, ShapeError } from "../tensor/errors.ts";
 import { zerosLike } from "../tensor/ops.ts";
 import * as ops from "../tensor/ops.ts";
 import { shapeEq } from "../tensor/shape.ts";
 import { alias, installVjp, Tensor, type Tracer, tracers } from "../tensor/tensor.ts";
+import { checkFlag, checkFn, checkInt, checkOptions } from "../tensor/validate.ts";
 import { vjpRules } from "./rules.ts";
-import { leaves, mapLeaves, unflatten } from "./tree.ts";
+import { leavesOf, mapLeavesOf, unflatten } from "./tree.ts";
 
 type Ct = Tensor | null;
 interface Node {
@@ -112,11 +113,11 @@ class Trace implements Tracer {
 }
 
 /** Runs `f` with `inputs` traced; returns outputs and the trace (closed). */
-function traced<R>(f: (...a: unknown[]) => R, args: unknown[], argnums: readonly number[]) {
+function traced<R>(op: string, f: (...a: unknown[]) => R, args: unknown[], argnums: readonly number[]) {
   const trace = new Trace();
   const wrapped = args.map((a, i) =>
     argnums.includes(i)
-      ? mapLeaves(a, (t) => {
+      ? mapLeavesOf(op, a, (t) => {
         if (!isFloat(t.dtype)) return t;
         const w = alias(t);
         // Enclosing traces must see w as t itself, or grad(grad(f)) loses the link.
@@ -148,12 +149,18 @@ function checkCt(op: string, o: Tensor, c: unknown): Tensor {
   return c;
 }
 
-function gradsFor(trace: Trace, wrapped: unknown[], argnums: readonly number[], seeds: Map<Tensor, Tensor>) {
-  const wrt = argnums.flatMap((i) => leaves(wrapped[i]));
+function gradsFor(
+  op: string,
+  trace: Trace,
+  wrapped: unknown[],
+  argnums: readonly number[],
+  seeds: Map<Tensor, Tensor>,
+) {
+  const wrt = argnums.flatMap((i) => leavesOf(op, wrapped[i]));
   const g = trace.backward(seeds, wrt);
   let k = 0;
   return argnums.map((i) =>
-    mapLeaves(wrapped[i], (t) => {
+    mapLeavesOf(op, wrapped[i], (t) => {
       const c = g[k++];
       if (!isFloat(t.dtype)) return null;
       return c ?? zerosLike(t);
@@ -166,11 +173,12 @@ function gradsFor(trace: Trace, wrapped: unknown[], argnums: readonly number[], 
  * cotangent tree shaped like `out` to one cotangent tree per argument.
  */
 export function vjp<A extends unknown[], R>(f: (...a: A) => R, ...primals: A): [R, (ct: R) => unknown[]] {
+  checkFn("vjp", "f", f);
   const argnums = primals.map((_, i) => i);
-  const { out, trace, wrapped } = traced(f as (...a: unknown[]) => R, primals, argnums);
-  const outLeaves = leaves(out);
+  const { out, trace, wrapped } = traced("vjp", f as (...a: unknown[]) => R, primals, argnums);
+  const outLeaves = leavesOf("vjp", out);
   const pull = (ct: R) => {
-    const ctLeaves = leaves(ct);
+    const ctLeaves = leavesOf("vjp", ct);
     if (ctLeaves.length !== outLeaves.length) {
       throw new DifflabError(`vjp: cotangent has ${ctLeaves.length} tensors, output has ${outLeaves.length}`);
     }
@@ -179,7 +187,7 @@ export function vjp<A extends unknown[], R>(f: (...a: A) => R, ...primals: A): [
       const c = checkCt("vjp", o, ctLeaves[i]);
       if (trace.tracks(o)) seeds.set(o, seeds.has(o) ? ops.add(seeds.get(o)!, c) : c);
     });
-    return gradsFor(trace, wrapped, argnums, seeds);
+    return gradsFor("vjp", trace, wrapped, argnums, seeds);
   };
   return [out, pull];
 }
@@ -200,8 +208,8 @@ function scalarOut(op: string, v: unknown): Tensor {
   return v;
 }
 
-function disposeIntermediates(trace: Trace, keep: unknown) {
-  const k = new Set(leaves(keep));
+function disposeIntermediates(op: string, trace: Trace, keep: unknown) {
+  const k = new Set(leavesOf(op, keep));
   for (const node of trace.nodes) {
     for (const o of node.outputs) if (!k.has(o) && o._traced === 0) o.dispose();
   }
@@ -219,32 +227,44 @@ export function valueAndGrad<A extends unknown[]>(
   f: (...a: A) => unknown,
   opts: GradOptions = {},
 ): (...args: A) => [unknown, unknown] {
-  const multi = Array.isArray(opts.argnums);
-  const argnums = multi ? [...(opts.argnums as number[])] : [(opts.argnums as number | undefined) ?? 0];
+  return valueAndGradOf("valueAndGrad", f, opts);
+}
+
+function valueAndGradOf<A extends unknown[]>(
+  op: string,
+  f: (...a: A) => unknown,
+  opts: GradOptions,
+): (...args: A) => [unknown, unknown] {
+  checkFn(op, "f", f);
+  const o = checkOptions<GradOptions>(op, opts, ["argnums", "hasAux"]);
+  const hasAux = checkFlag(op, "hasAux", o.hasAux);
+  const multi = Array.isArray(o.argnums);
+  const argnums: number[] = multi ? [...(o.argnums as number[])] : [(o.argnums as number | undefined) ?? 0];
+  argnums.forEach((i, k) => checkInt(op, multi ? `argnums[${k}]` : "argnums", i, 0));
   return (...args: A) => {
     for (const i of argnums) {
-      if (!Number.isInteger(i) || i < 0 || i >= args.length) {
-        throw new DifflabError(`grad: argnums ${i} is out of range for ${args.length} argument(s)`);
+      if (i >= args.length) {
+        throw new DifflabError(`${op}: argnums ${i} is out of range for ${args.length} argument(s)`);
       }
     }
-    const { out, trace, wrapped } = traced(f as (...a: unknown[]) => unknown, args, argnums);
+    const { out, trace, wrapped } = traced(op, f as (...a: unknown[]) => unknown, args, argnums);
     let value: unknown = out, aux: unknown;
-    if (opts.hasAux) {
+    if (hasAux) {
       if (!Array.isArray(out) || out.length !== 2) {
-        throw new DifflabError("grad: hasAux needs f to return [value, aux]");
+        throw new DifflabError(`${op}: hasAux needs f to return [value, aux]`);
       }
       [value, aux] = out;
     }
-    const v = scalarOut("grad", value);
+    const v = scalarOut(op, value);
     const seeds = new Map<Tensor, Tensor>();
     if (trace.tracks(v)) seeds.set(v, ops.onesLike(v));
-    const g = gradsFor(trace, wrapped, argnums, seeds);
+    const g = gradsFor(op, trace, wrapped, argnums, seeds);
     // When f returns an input itself, the seed is that input's gradient: keep it.
-    const gradLeaves = new Set(leaves(g));
+    const gradLeaves = new Set(leavesOf(op, g));
     for (const s of seeds.values()) if (s._traced === 0 && !gradLeaves.has(s)) s.dispose();
     const result = multi ? g : g[0];
-    disposeIntermediates(trace, [out, result]);
-    return [opts.hasAux ? [v, aux] : v, result];
+    disposeIntermediates(op, trace, [out, result]);
+    return [hasAux ? [v, aux] : v, result];
   };
 }
 
@@ -254,17 +274,18 @@ export function grad<A extends unknown[]>(f: (...a: A) => Tensor): (...args: A) 
 export function grad<A extends unknown[]>(f: (...a: A) => unknown, opts?: GradOptions): (...args: A) => unknown;
 /** Implementation of both overloads. */
 export function grad<A extends unknown[]>(f: (...a: A) => unknown, opts: GradOptions = {}): (...args: A) => unknown {
-  const vg = valueAndGrad<A>(f, opts);
+  const vg = valueAndGradOf<A>("grad", f, opts);
+  const hasAux = opts?.hasAux === true;
   return (...args: A) => {
     const [v, g] = vg(...args);
-    if (opts.hasAux) return [g, (v as unknown[])[1]];
+    if (hasAux) return [g, (v as unknown[])[1]];
     return g;
   };
 }
 
 /** Blocks gradients: the result has the same values but no dependence on any trace. */
 export function stopGradient<T>(x: T): T {
-  return mapLeaves(x, (t) => alias(t)) as T;
+  return mapLeavesOf("stopGradient", x, (t) => alias(t)) as T;
 }
 
 function suspended<R>(f: () => R): R {
@@ -292,12 +313,15 @@ export function customVjp<A extends unknown[], R, Res>(
   fwd: (...a: A) => [R, Res],
   bwd: (res: Res, ct: R) => unknown[],
 ): (...a: A) => R {
+  checkFn("customVjp", "f", f);
+  checkFn("customVjp", "fwd", fwd);
+  checkFn("customVjp", "bwd", bwd);
   return (...args: A) => {
-    const inLeaves = leaves(args);
+    const inLeaves = leavesOf("customVjp", args);
     if (!tracers.some((tr) => inLeaves.some((t) => tr.tracks(t)))) return f(...args);
     const [out0, res] = suspended(() => fwd(...args));
-    const out = mapLeaves(out0, (t) => alias(t)) as R;
-    const outLeaves = leaves(out);
+    const out = mapLeavesOf("customVjp", out0, (t) => alias(t)) as R;
+    const outLeaves = leavesOf("customVjp", out);
     recordOpaque(inLeaves, outLeaves, (cts) => {
       const full = cts.map((c, i) => c ?? zerosLike(outLeaves[i]));
       const g = bwd(res, unflatten(out, full) as R);
@@ -306,8 +330,8 @@ export function customVjp<A extends unknown[], R, Res>(
       }
       const flat: Ct[] = [];
       args.forEach((a, i) => {
-        const n = leaves(a).length;
-        const gl = g[i] === null || g[i] === undefined ? new Array(n).fill(null) : leaves(g[i]);
+        const n = leavesOf("customVjp", a).length;
+        const gl = g[i] === null || g[i] === undefined ? new Array(n).fill(null) : leavesOf("customVjp", g[i]);
         if (gl.length !== n) {
           throw new DifflabError(`customVjp: gradient ${i} has ${gl.length} tensors, argument has ${n}`);
         }
@@ -324,18 +348,19 @@ export function customVjp<A extends unknown[], R, Res>(
  * as `f` but keeps no intermediates; backward recomputes `f` under a fresh trace.
  */
 export function checkpoint<A extends unknown[], R>(f: (...a: A) => R): (...a: A) => R {
+  checkFn("checkpoint", "f", f);
   return (...args: A) => {
-    const inLeaves = leaves(args);
+    const inLeaves = leavesOf("checkpoint", args);
     if (!tracers.some((tr) => inLeaves.some((t) => tr.tracks(t)))) return f(...args);
-    const out = mapLeaves(suspended(() => f(...args)), (t) => alias(t)) as R;
-    const outLeaves = leaves(out);
+    const out = mapLeavesOf("checkpoint", suspended(() => f(...args)), (t) => alias(t)) as R;
+    const outLeaves = leavesOf("checkpoint", out);
     recordOpaque(inLeaves, outLeaves, (cts) => {
       const [again, pull] = vjp(f, ...args);
       const full = cts.map((c, i) => c ?? zerosLike(outLeaves[i]));
       const g = pull(unflatten(again, full) as R);
       return g.flatMap((t, i) => {
-        const n = leaves(args[i]).length;
-        const gl = leaves(t);
+        const n = leavesOf("checkpoint", args[i]).length;
+        const gl = leavesOf("checkpoint", t);
         return gl.length === n ? gl : new Array(n).fill(null);
       });
     });
@@ -348,8 +373,39 @@ export function checkpoint<A extends unknown[], R>(f: (...a: A) => R): (...a: A)
  * (exact, since pullbacks are linear). Returns `[out, tangentOut]`.
  */
 export function jvp<A extends unknown[], R>(f: (...a: A) => R, primals: A, tangents: unknown[]): [R, R] {
+  checkFn("jvp", "f", f);
+  if (!Array.isArray(primals)) {
+    throw new DifflabError(`jvp: argument primals must be an array of arguments, got ${describe(primals)}`);
+  }
+  if (!Array.isArray(tangents) || tangents.length !== primals.length) {
+    throw new DifflabError(
+      `jvp: argument tangents must be an array with one tangent tree per primal (${primals.length}), got ${
+        describe(tangents)
+      }`,
+    );
+  }
+  primals.forEach((p, i) => {
+    // Tangents pair with the floating-point leaves of each primal (integer leaves have no tangent).
+    const pl = leavesOf("jvp", p).filter((t) => isFloat(t.dtype)), tl = leavesOf("jvp", tangents[i]);
+    if (pl.length !== tl.length) {
+      throw new DifflabError(
+        `jvp: tangents[${i}] has ${tl.length} tensors, primals[${i}] has ${pl.length} float tensors`,
+      );
+    }
+    pl.forEach((t, k) => {
+      const u = tl[k];
+      if (!shapeEq(t.shape, u.shape) || t.dtype !== u.dtype) {
+        const E = t.dtype !== u.dtype ? DTypeError : ShapeError;
+        throw new E(
+          `jvp: tangent ${u.dtype}${fmtShape(u.shape)} does not match primal ${t.dtype}${
+            fmtShape(t.shape)
+          } in argument ${i}`,
+        );
+      }
+    });
+  });
   const [out, pull] = vjp(f, ...primals);
-  const u = mapLeaves(out, (t) => zerosLike(t)) as R;
+  const u = mapLeavesOf("jvp", out, (t) => zerosLike(t)) as R;
   const [, pull2] = vjp((ct: R) => pull(ct), u);
   const [tOut] = pull2(tangents);
   return [out, tOut as R];

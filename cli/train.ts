@@ -49,6 +49,7 @@ Options:
   --cfg W             guidance scale of the sample grids (default ${DEFAULTS.cfg})
   --sampler S         ddpm, ddim, dpm-solver, euler or heun (default: the model's own)
   --sample-steps N    sampler steps of the grids (default ${DEFAULTS.sampleSteps})
+  --grid-per-class N  samples per class in each grid (default 8; 0: no grids)
   --quiet             no progress output
   --debug             print stack traces on errors
   -h, --help          show this help`;
@@ -75,6 +76,7 @@ await runMain(async () => {
     cfg: { type: "string" },
     sampler: { type: "string" },
     "sample-steps": { type: "string" },
+    "grid-per-class": { type: "string" },
     quiet: { type: "boolean" },
     debug: { type: "boolean" },
   });
@@ -111,6 +113,7 @@ await runMain(async () => {
     sample: {
       cfg: a.num("cfg", DEFAULTS.cfg, 0),
       steps: a.int("sample-steps", DEFAULTS.sampleSteps, 1),
+      perClass: a.int("grid-per-class", 8, 0),
       sampler: a.str("sampler") === undefined
         ? undefined
         : a.choice("sampler", ["ddpm", "ddim", "dpm-solver", "euler", "heun"] as const, "ddim"),

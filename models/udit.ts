@@ -704,8 +704,12 @@ export function apply(
       }),
     );
   const c1 = cond(1), c2 = cond(2), c3 = cond(3);
-  const run = (bs: UDiTBlockParams[], h: Tensor, c: Tensor, r: number) =>
-    bs.reduce((a, b) => tidy(() => block(b, a, c, r, ctx, merged)), h);
+  const run = (bs: UDiTBlockParams[], h: Tensor, c: Tensor, r: number) => {
+    // RoPE tables are built here, outside the per-block scopes, so later blocks (and backward) can reuse them.
+    const [, C, H, W] = h.shape;
+    if (ctx.rope && bs.length && H % r === 0 && W % r === 0) ropeTable(ctx, C / ctx.heads, (H / r) * (W / r), h.dtype);
+    return bs.reduce((a, b) => tidy(() => block(b, a, c, r, ctx, merged)), h);
+  };
 
   const e1 = run(params.encoder_level_1, conv3(params.x_embedder.proj, x), c1, df[0]);
   const e2 = run(params.encoder_level_2, pixelUnshuffle(conv3(params.down1_2.body[0], e1), 2), c2, df[1]);

@@ -37,4 +37,16 @@ export interface Backend {
   release(h: Handle): void;
   /** Number of storage buffers currently alive. */
   liveBuffers(): number;
+  /** Hard memory limits, where the backend has them (checked up front by callers such as training). */
+  memoryLimits?(): MemoryLimits;
+}
+
+/** Hard memory limits of a backend. */
+export interface MemoryLimits {
+  /** Bytes all live tensors together can occupy (undefined: no fixed limit known). */
+  totalBytes?: number;
+  /** Bytes one tensor can occupy. */
+  maxTensorBytes?: number;
+  /** The limit in words, for error messages, e.g. "the Wasm heap is limited to 4 GiB". */
+  describe: string;
 }

@@ -3,7 +3,7 @@
  * the oracle precision of the cpu backend; `f16` needs `Float16Array` on the
  * host and `shader-f16` on WebGPU.
  */
-import { DTypeError } from "./errors.ts";
+import { describe, DifflabError, DTypeError } from "./errors.ts";
 
 /** Every element type a Tensor can hold. */
 export type DType = "f32" | "f64" | "f16" | "i32" | "u32" | "bool";
@@ -44,8 +44,19 @@ export function byteSize(d: DType): number {
   }
 }
 
-/** Allocates a zeroed host array of `n` elements of dtype `d`. */
+/** Allocates a zeroed host array of `n` elements of dtype `d`; running out of memory is a DifflabError. */
 export function allocHost(d: DType, n: number): TypedArray {
+  try {
+    return alloc(d, n);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new DifflabError(
+      `out of memory: cannot allocate ${n} ${d} elements (${n * byteSize(d)} bytes): ${e.message}`,
+    );
+  }
+}
+
+function alloc(d: DType, n: number): TypedArray {
   switch (d) {
     case "f32":
       return new Float32Array(n);
@@ -68,7 +79,7 @@ export function allocHost(d: DType, n: number): TypedArray {
 /** Validates a user-supplied dtype string. */
 export function checkDType(op: string, d: unknown): DType {
   if (typeof d !== "string" || !(DTYPES as readonly string[]).includes(d)) {
-    throw new DTypeError(`${op}: unknown dtype ${JSON.stringify(d)} (expected one of ${DTYPES.join(", ")})`);
+    throw new DTypeError(`${op}: unknown dtype ${describe(d)} (expected one of ${DTYPES.join(", ")})`);
   }
   return d as DType;
 }

@@ -19,7 +19,7 @@ export {
   tidy,
   type Tree,
 } from "./tensor.ts";
-export type { Backend, BackendName, Handle } from "./backend.ts";
+export type { Backend, BackendName, Handle, MemoryLimits } from "./backend.ts";
 export { type Aval, type CmpOp, type ConvParams, type Empty, type ParamsOf, type Prim, PRIMS } from "./prims.ts";
 /** Functional PRNG: `split`, `normal`, `uniform`, `randint`, `bernoulli`, ... over immutable keys. */
 export * as random from "./random.ts";

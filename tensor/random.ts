@@ -5,12 +5,13 @@
  * (non-partitionable) layout; bits and uniforms are bit-identical on every
  * backend because they are integer computations.
  */
-import { type DType, isFloat } from "./dtype.ts";
-import { DifflabError, DTypeError } from "./errors.ts";
+import { checkDType, type DType, isFloat } from "./dtype.ts";
+import { describe, DifflabError, DTypeError, fmtShape, ShapeError } from "./errors.ts";
 import * as ops from "./ops.ts";
-import { checkShape } from "./shape.ts";
+import { checkShape, MAX_SIZE } from "./shape.ts";
 import { bind, type Tensor } from "./tensor.ts";
 import { threefry2x32, threefryBits } from "./threefry.ts";
+import { checkFloatTensor, checkInt, checkNumber, checkOptions } from "./validate.ts";
 
 /** An immutable PRNG key: two 32-bit words. */
 export class Key {
@@ -28,14 +29,16 @@ export class Key {
 
 function checkKey(op: string, key: unknown): Key {
   if (!(key instanceof Key)) {
-    throw new DifflabError(`${op}: expected a Key from randomKey()/split(), got ${String(key)}`);
+    throw new DifflabError(`${op}: argument key must be a Key from randomKey()/split(), got ${describe(key)}`);
   }
   return key;
 }
 
 /** A key from an integer seed (JAX's `PRNGKey(seed)`: high and low 32-bit words). */
 export function randomKey(seed: number): Key {
-  if (!Number.isSafeInteger(seed)) throw new DifflabError(`randomKey: seed must be a safe integer, got ${seed}`);
+  if (typeof seed !== "number" || !Number.isSafeInteger(seed)) {
+    throw new DifflabError(`randomKey: argument seed must be a safe integer, got ${describe(seed)}`);
+  }
   const big = BigInt.asUintN(64, BigInt(seed));
   return new Key(Number(big >> 32n), Number(big & 0xffffffffn));
 }
@@ -43,7 +46,7 @@ export function randomKey(seed: number): Key {
 /** Splits a key into `n` independent keys. */
 export function split(key: Key, n = 2): Key[] {
   checkKey("random.split", key);
-  if (!Number.isInteger(n) || n < 1) throw new DifflabError(`random.split: n must be a positive integer, got ${n}`);
+  checkInt("random.split", "n", n, 1, MAX_SIZE / 2);
   const b = threefryBits(key.data[0], key.data[1], 2 * n);
   return Array.from({ length: n }, (_, i) => new Key(b[2 * i], b[2 * i + 1]));
 }
@@ -51,6 +54,7 @@ export function split(key: Key, n = 2): Key[] {
 /** Derives a key from a key and an integer (JAX's `fold_in`). */
 export function foldIn(key: Key, data: number): Key {
   checkKey("random.foldIn", key);
+  checkInt("random.foldIn", "data", data);
   const [a, b] = threefry2x32(key.data[0], key.data[1], 0, data >>> 0);
   return new Key(a, b);
 }
@@ -73,30 +77,47 @@ export function uniform(
   shape: readonly number[],
   opts: DrawOptions & { min?: number; max?: number } = {},
 ): Tensor {
-  checkKey("random.uniform", key);
-  const dtype = opts.dtype ?? "f32";
-  if (!isFloat(dtype)) throw new DTypeError(`random.uniform: dtype must be floating-point, got ${dtype}`);
-  const [lo, hi] = [opts.min ?? 0, opts.max ?? 1];
-  const u =
-    bind("random", [], { key: key.data, shape: checkShape("random.uniform", shape), dtype, dist: "uniform" })[0];
+  return uniformOf("random.uniform", key, shape, opts);
+}
+
+function floatDType(op: string, d: unknown): DType {
+  const dtype = d === undefined ? "f32" : checkDType(op, d);
+  if (!isFloat(dtype)) throw new DTypeError(`${op}: dtype must be floating-point, got ${dtype}`);
+  return dtype;
+}
+
+function uniformOf(op: string, key: Key, shape: readonly number[], opts: DrawOptions & { min?: number; max?: number }) {
+  checkKey(op, key);
+  const s = checkShape(op, shape);
+  const o = checkOptions<DrawOptions & { min?: number; max?: number }>(op, opts, ["dtype", "min", "max"]);
+  const dtype = floatDType(op, o.dtype);
+  const lo = o.min === undefined ? 0 : checkNumber(op, "min", o.min, true);
+  const hi = o.max === undefined ? 1 : checkNumber(op, "max", o.max, true);
+  if (lo > hi) throw new DifflabError(`${op}: min ${lo} must not exceed max ${hi}`);
+  const u = bind("random", [], { key: key.data, shape: s, dtype, dist: "uniform" })[0];
   if (lo === 0 && hi === 1) return u;
   return ops.maximum(ops.add(ops.mul(u, hi - lo), lo), lo);
 }
 
 /** Standard normal draws (mean 0, std 1), as JAX: sqrt(2)·erfinv(u), u uniform in (-1, 1). */
 export function normal(key: Key, shape: readonly number[], opts: DrawOptions = {}): Tensor {
-  const dtype = opts.dtype ?? "f32";
+  const dtype = floatDType("random.normal", checkOptions<DrawOptions>("random.normal", opts, ["dtype"]).dtype);
   const lo = dtype === "f64" ? -1 + Number.EPSILON / 2 : dtype === "f16" ? -0.99951171875 : -0.99999994;
-  const u = uniform(key, shape, { dtype, min: lo, max: 1 });
+  const u = uniformOf("random.normal", key, shape, { dtype, min: lo, max: 1 });
   return ops.mul(erfinv(u), Math.SQRT2);
 }
 
 /** Uniform integers in [min, max) as i32. */
 export function randint(key: Key, shape: readonly number[], min: number, max: number): Tensor {
-  if (!Number.isInteger(min) || !Number.isInteger(max) || max <= min || max - min > 2 ** 31) {
-    throw new DifflabError(`random.randint: need integers min < max, got [${min}, ${max})`);
+  checkKey("random.randint", key);
+  const s = checkShape("random.randint", shape);
+  if (
+    typeof min !== "number" || typeof max !== "number" || !Number.isInteger(min) || !Number.isInteger(max) ||
+    max <= min || max - min > 2 ** 31 || min < -(2 ** 31) || max > 2 ** 31
+  ) {
+    throw new DifflabError(`random.randint: need integers min < max, got [${describe(min)}, ${describe(max)})`);
   }
-  const b = bits(key, shape);
+  const b = bits(key, s);
   const span = max - min;
   const r = ops.sub(b, ops.mul(ops.div(b, span), span));
   return ops.add(ops.cast(r, "i32"), min);
@@ -104,13 +125,27 @@ export function randint(key: Key, shape: readonly number[], min: number, max: nu
 
 /** Bernoulli draws: true with probability `p` (a number or a broadcastable Tensor). */
 export function bernoulli(key: Key, p: number | Tensor, shape: readonly number[]): Tensor {
+  const op = "random.bernoulli";
+  checkKey(op, key);
+  const s = checkShape(op, shape);
+  if (typeof p === "number") {
+    if (!(p >= 0 && p <= 1)) throw new DifflabError(`${op}: probability p must be in [0, 1], got ${p}`);
+  } else {
+    checkFloatTensor(op, "p", p);
+    const off = s.length - p.ndim;
+    if (off < 0 || p.shape.some((d, i) => d !== 1 && d !== s[off + i])) {
+      throw new ShapeError(`${op}: p of shape ${fmtShape(p.shape)} does not broadcast to shape ${fmtShape(s)}`);
+    }
+  }
   const dtype = typeof p === "number" ? "f32" : p.dtype;
-  return ops.less(uniform(key, shape, { dtype }), p);
+  const u = bind("random", [], { key: key.data, shape: s, dtype, dist: "uniform" })[0];
+  return ops.less(u, p);
 }
 
 /** A random permutation of 0..n-1 on the host (for data shuffling). */
 export function permutation(key: Key, n: number): number[] {
   checkKey("random.permutation", key);
+  checkInt("random.permutation", "n", n, 0, MAX_SIZE);
   const b = threefryBits(key.data[0], key.data[1], Math.max(n, 1));
   const p = [...Array(n).keys()];
   for (let i = n - 1; i > 0; i--) {
@@ -122,6 +157,7 @@ export function permutation(key: Key, n: number): number[] {
 
 /** Inverse error function (Giles' approximation, as XLA computes it). */
 export function erfinv(x: Tensor): Tensor {
+  checkFloatTensor("erfinv", "x", x);
   const w = ops.neg(ops.log(ops.mul(ops.sub(1, x), ops.add(1, x))));
   const small = ops.less(w, 5);
   const ws = ops.sub(w, 2.5);

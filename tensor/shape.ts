@@ -2,7 +2,7 @@
  * @file Shape arithmetic shared by every backend: sizes, strides, NumPy
  * broadcasting and axis normalisation. Errors name the op and the shapes.
  */
-import { fmtShape, ShapeError } from "./errors.ts";
+import { describe, fmtShape, ShapeError } from "./errors.ts";
 
 /** A tensor shape; `[]` is a scalar. */
 export type Shape = readonly number[];
@@ -30,11 +30,26 @@ export function shapeEq(a: Shape, b: Shape): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-/** Validates that a user shape is a list of non-negative integers. */
-export function checkShape(op: string, shape: unknown, arg = "shape"): number[] {
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
-    throw new ShapeError(`${op}: ${arg} must be an array of non-negative integers, got ${JSON.stringify(shape)}`);
+/** Most elements one tensor may have (32-bit indexing); larger shapes are rejected up front. */
+export const MAX_SIZE = 2 ** 31 - 1;
+
+/** Throws naming the op and the shape when `shape` has more than {@link MAX_SIZE} elements. */
+export function checkSize(op: string, shape: Shape, arg = "shape"): void {
+  let n = 1;
+  for (const d of shape) n *= d;
+  if (n > MAX_SIZE || shape.some((d) => d > MAX_SIZE)) {
+    throw new ShapeError(
+      `${op}: ${arg} ${fmtShape(shape)} has ${n} elements, more than the ${MAX_SIZE} a tensor can hold`,
+    );
   }
+}
+
+/** Validates that a user shape is a list of non-negative integers of a representable total size. */
+export function checkShape(op: string, shape: unknown, arg = "shape"): number[] {
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new ShapeError(`${op}: argument ${arg} must be an array of non-negative integers, got ${describe(shape)}`);
+  }
+  checkSize(op, shape, arg);
   return shape.slice();
 }
 
@@ -58,21 +73,35 @@ export function broadcastShapes(op: string, ...shapes: Shape[]): number[] {
   return out;
 }
 
-/** Normalises a possibly-negative axis against a rank; names the op and the rank on error. */
-export function normAxis(op: string, axis: number, rank: number): number {
-  if (!Number.isInteger(axis) || axis < -rank || axis >= rank) {
-    throw new ShapeError(`${op}: axis ${axis} is out of range for a tensor of rank ${rank}`);
+/** Normalises a possibly-negative axis against a rank; names the op, the argument and the rank on error. */
+export function normAxis(op: string, axis: unknown, rank: number, arg = "axis"): number {
+  if (typeof axis !== "number" || !Number.isInteger(axis)) {
+    throw new ShapeError(
+      `${op}: argument ${arg} must be an integer in [${-rank}, ${rank}) for a tensor of rank ${rank}, got ${
+        describe(axis)
+      }`,
+    );
+  }
+  if (axis < -rank || axis >= rank) {
+    const what = arg === "axis" ? `axis ${axis}` : `${arg} = ${axis}`;
+    throw new ShapeError(`${op}: ${what} is out of range for a tensor of rank ${rank}`);
   }
   return axis < 0 ? axis + rank : axis;
 }
 
 /** Normalises an `axis` option (number, list or undefined = all) into sorted unique axes. */
-export function normAxes(op: string, axis: number | readonly number[] | undefined, rank: number): number[] {
+export function normAxes(op: string, axis: unknown, rank: number, arg = "axis"): number[] {
   if (axis === undefined) return [...Array(rank).keys()];
-  const list = typeof axis === "number" ? [axis] : [...axis];
-  const out = list.map((a) => normAxis(op, a, rank));
+  if (typeof axis !== "number" && !Array.isArray(axis)) {
+    throw new ShapeError(
+      `${op}: argument ${arg} must be an integer or an array of integers in [${-rank}, ${rank}) ` +
+        `for a tensor of rank ${rank}, got ${describe(axis)}`,
+    );
+  }
+  const list: unknown[] = typeof axis === "number" ? [axis] : axis;
+  const out = list.map((a, i) => normAxis(op, a, rank, typeof axis === "number" ? arg : `${arg}[${i}]`));
   if (new Set(out).size !== out.length) {
-    throw new ShapeError(`${op}: repeated axis in ${JSON.stringify(list)}`);
+    throw new ShapeError(`${op}: repeated axis in ${describe(list)}`);
   }
   return out.sort((a, b) => a - b);
 }

@@ -7,9 +7,10 @@
 import type { Backend, BackendName } from "./backend.ts";
 import { createCpuBackend } from "./cpu.ts";
 import { allocHost, checkDType, type DType, isFloat, type TypedArray } from "./dtype.ts";
-import { DifflabError, fmtShape, ShapeError } from "./errors.ts";
+import { describe, DifflabError, DTypeError, fmtShape, ShapeError } from "./errors.ts";
 import { type Aval, type ParamsOf, type Prim, shapeRules } from "./prims.ts";
-import { size, stridesOf } from "./shape.ts";
+import { checkShape, checkSize, size, stridesOf } from "./shape.ts";
+import { checkFn, checkOptions, checkTensor } from "./validate.ts";
 
 /** Nested JS arrays of numbers or booleans, as `array()` returns them. */
 export type NestedArray = number | boolean | NestedArray[];
@@ -65,7 +66,7 @@ export async function setBackend(name: BackendName): Promise<void> {
     const f = factories.get(name);
     if (!f) {
       const have = [...new Set([...backends.keys(), ...factories.keys()])].join(", ");
-      throw new DifflabError(`setBackend: unknown or unavailable backend "${name}" (available: ${have})`);
+      throw new DifflabError(`setBackend: unknown or unavailable backend ${describe(name)} (available: ${have})`);
     }
     b = await f();
     backends.set(name, b);
@@ -212,9 +213,31 @@ function nest(d: TypedArray, shape: readonly number[], dtype: DType): NestedArra
 
 /** Creates a tensor on the current backend from a host array (taking ownership). */
 export function fromHost(data: TypedArray, shape: readonly number[], dtype: DType): Tensor {
+  const s = checkShape("fromHost", shape);
+  checkDType("fromHost", dtype);
+  const want = HOST_ARRAYS[dtype]?.();
+  if (!want || !(data instanceof want)) {
+    throw new DTypeError(
+      `fromHost: data of dtype ${dtype} must be held in ${want?.name ?? "Float16Array"}, got ${describe(data)}`,
+    );
+  }
+  if (data.length !== size(s)) {
+    throw new ShapeError(`fromHost: ${data.length} values do not fill shape ${fmtShape(s)}`);
+  }
+  shape = s;
   const b = current;
   return new Tensor(b, b.fromHost(data, { shape, dtype }), { shape, dtype });
 }
+
+// The host array class each dtype is stored in (f16 only where the runtime has Float16Array).
+const HOST_ARRAYS: Record<DType, () => (abstract new (...a: never[]) => TypedArray) | undefined> = {
+  f32: () => Float32Array,
+  f64: () => Float64Array,
+  f16: () => typeof Float16Array === "undefined" ? undefined : Float16Array,
+  i32: () => Int32Array,
+  u32: () => Uint32Array,
+  bool: () => Uint8Array,
+};
 
 /** A new Tensor object sharing `t`'s storage (autograd uses it for fresh identities). */
 export function alias(t: Tensor): Tensor {
@@ -231,6 +254,7 @@ export function bind<P extends Prim>(prim: P, inputs: readonly Tensor[], params:
     }
   }
   const outAvals = shapeRules[prim](inputs, params);
+  for (const a of outAvals) checkSize(prim, a.shape, "result shape");
   const handles = backend.run(prim, inputs.map((t) => t.handle), inputs, params, outAvals);
   const outs = handles.map((h, i) => new Tensor(backend, h, outAvals[i]));
   if (tracers.length && outs.some((o) => isFloat(o.dtype))) {
@@ -264,6 +288,7 @@ export function forEachTensor(tree: Tree, f: (t: Tensor) => void, seen = new Set
  * returned promise settles.
  */
 export function tidy<T>(fn: () => T): T {
+  checkFn("tidy", "fn", fn);
   const scope: Scope = { tensors: new Set() };
   scopes.push(scope);
   let result: T;
@@ -305,6 +330,7 @@ const kept = new WeakSet<Tensor>();
 
 /** Marks a tensor to survive every enclosing `tidy` (like tf.keep). */
 export function keep<T extends Tensor>(t: T): T {
+  checkTensor("keep", "t", t);
   kept.add(t);
   return t;
 }
@@ -316,6 +342,10 @@ export function dispose(tree: Tree): void {
 
 /** Live storage buffers on a backend (default: the current one). */
 export function liveBuffers(name?: BackendName): number {
+  if (name !== undefined && !backends.has(name) && !factories.has(name)) {
+    const have = [...new Set([...backends.keys(), ...factories.keys()])].join(", ");
+    throw new DifflabError(`liveBuffers: unknown backend ${describe(name)} (available: ${have})`);
+  }
   const b = name ? backends.get(name) : current;
   return b ? b.liveBuffers() : 0;
 }
@@ -330,13 +360,17 @@ export interface TensorOptions {
   shape?: readonly number[];
 }
 
-function inferShape(data: unknown): number[] {
+function inferShape(data: unknown, op: string): number[] {
   const shape: number[] = [];
+  const seen = new Set<unknown>();
   let d = data;
   while (Array.isArray(d)) {
+    if (seen.has(d)) throw new DifflabError(`${op}: argument data is a nested array that contains itself`);
+    seen.add(d);
     shape.push(d.length);
     d = d[0];
   }
+  checkSize(op, shape, "data shape");
   return shape;
 }
 
@@ -344,7 +378,7 @@ function flatten(data: unknown, shape: number[], out: number[], depth: number, o
   if (depth === shape.length) {
     if (typeof data === "number") out.push(data);
     else if (typeof data === "boolean") out.push(data ? 1 : 0);
-    else throw new DifflabError(`${op}: expected a number at depth ${depth}, got ${JSON.stringify(data)}`);
+    else throw new DifflabError(`${op}: expected a number at depth ${depth}, got ${describe(data)}`);
     return;
   }
   if (!Array.isArray(data) || data.length !== shape[depth]) {
@@ -355,6 +389,10 @@ function flatten(data: unknown, shape: number[], out: number[], depth: number, o
 
 /** Creates a tensor from a number, boolean, nested array or typed array. */
 export function tensor(data: NestedArray | ArrayLike<number>, opts: TensorOptions = {}): Tensor {
+  checkOptions<TensorOptions>("tensor", opts, ["dtype", "shape"]);
+  if (data instanceof DataView || data instanceof BigInt64Array || data instanceof BigUint64Array) {
+    throw new DifflabError(`tensor: argument data must hold numbers, got ${describe(data)}`);
+  }
   let dtype: DType;
   if (opts.dtype !== undefined) dtype = checkDType("tensor", opts.dtype);
   else if (data instanceof Float64Array) dtype = "f64";
@@ -369,13 +407,13 @@ export function tensor(data: NestedArray | ArrayLike<number>, opts: TensorOption
     flat = data as ArrayLike<number>;
     shape = [flat.length];
   } else {
-    shape = inferShape(data);
+    shape = inferShape(data, "tensor");
     const out: number[] = [];
     flatten(data, shape, out, 0, "tensor");
     flat = out;
   }
   if (opts.shape !== undefined) {
-    const s = opts.shape.slice();
+    const s = checkShape("tensor", opts.shape);
     if (size(s) !== flat.length) {
       throw new ShapeError(`tensor: ${flat.length} values cannot take shape ${fmtShape(s)}`);
     }
@@ -387,6 +425,11 @@ export function tensor(data: NestedArray | ArrayLike<number>, opts: TensorOption
 }
 
 function firstLeaf(d: unknown): string {
-  while (Array.isArray(d)) d = d[0];
+  const seen = new Set<unknown>();
+  while (Array.isArray(d)) {
+    if (seen.has(d)) return "cycle"; // inferShape reports it
+    seen.add(d);
+    d = d[0];
+  }
   return typeof d;
 }

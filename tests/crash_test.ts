@@ -14,10 +14,10 @@ await d.setBackend("cpu");
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const TRIALS = 20;
-// DiMR-T is the smallest named config: each step is fast, so a trial spans many steps and writes.
+// DiT-N/4 on wasm takes ~0.1 s a step, so a trial spans many steps and checkpoint writes.
 const FLAGS = [
   "--model",
-  "DiMR-T",
+  "DiT-N/4",
   "--steps",
   "24",
   "--batch",
@@ -26,10 +26,10 @@ const FLAGS = [
   "1",
   "--log-every",
   "1",
-  "--sample-steps",
-  "1",
+  "--grid-per-class",
+  "0",
   "--backend",
-  "cpu",
+  "wasm",
   "--quiet",
 ];
 

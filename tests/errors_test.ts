@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import * as d from "../mod.ts";
 import type { Tensor } from "../mod.ts";
+import { describe } from "../tensor/errors.ts";
 
 // These are oracle tests in f64: pin the reference backend whatever the default becomes.
 await d.setBackend("cpu");
@@ -276,4 +277,140 @@ Deno.test("property: random invalid movement/matmul/conv calls throw DifflabErro
     shapeArb.filter((s) => s.length > 0).map((s) => () => d.pad(d.zeros(s), [[-1, 0]])),
   );
   fc.assert(fc.property(invalid, (call) => mustThrowLibraryError(call)), { numRuns: 200 });
+});
+
+// ---------------------------------------------------------------- property: every public op, random garbage
+
+/** Every function export of mod.ts (top level) and of `d.random`, classes excluded, as [op name, fn]. */
+function publicFunctions(): [string, (...a: unknown[]) => unknown][] {
+  const isClass = (v: unknown) => /^class\b/.test(Function.prototype.toString.call(v));
+  const fns = (ns: object) =>
+    Object.entries(ns).filter(([, v]) => typeof v === "function" && !isClass(v)) as [
+      string,
+      (...a: unknown[]) => unknown,
+    ][];
+  // Nothing is excluded: `dispose`/`stopGradient`/`leaves`/`isFloat` take any value and return, `setBackend`
+  // is async (its rejection is awaited below) and never sees a valid name other than "cpu" here.
+  return [...fns(d), ...fns(d.random)];
+}
+
+Deno.test("property: every public op given random invalid arguments throws a DifflabError naming the op, never a TypeError/RangeError", async () => {
+  const fns = publicFunctions();
+  for (const name of ["sum", "grad", "tensor", "tidy", "fromHost", "setBackend", "bernoulli", "randomKey", "treeMap"]) {
+    assert.ok(fns.some(([n]) => n === name), `${name} is among the functions under test`);
+  }
+  const cyclicArray: unknown[] = [];
+  cyclicArray.push(cyclicArray);
+  const cyclicObject: Record<string, unknown> = {};
+  cyclicObject.self = cyclicObject;
+  // Tensors are made fresh for every run, since some ops under test (dispose) consume their arguments.
+  const tensorArb = fc.constantFrom(
+    () => d.zeros([2, 3]),
+    () => d.zeros([2, 3], "i32"),
+    () => d.zeros([2, 3], "bool"),
+    () => d.zeros([3], "f64"),
+    () => d.zeros([0, 2]),
+    () => d.tensor(1),
+    () => d.tensor([0, 1], { dtype: "i32" }),
+    () => d.zeros([1, 2, 4, 4]),
+    () => d.zeros([2, 1, 3, 3]),
+  ).map((make) => make());
+  const garbage = fc.oneof(
+    fc.constantFrom<unknown>(
+      undefined,
+      null,
+      "x",
+      "",
+      "f32",
+      "i32",
+      "cpu",
+      true,
+      false,
+      NaN,
+      Infinity,
+      -Infinity,
+      -1,
+      2.5,
+      1e12,
+      2 ** 31,
+      2 ** 53,
+      10n,
+      Symbol("s"),
+      () => 1,
+      (x: unknown) => x,
+      {},
+      [],
+      [[1], [2, 3]],
+      [1e9, 1e9],
+      [[0, 1]],
+      [[1, -1]],
+      { axis: "a" },
+      { axis: 99 },
+      { axis: null },
+      { keepdims: 1 },
+      { dtype: "q" },
+      { dtype: "i32" },
+      { foo: 1 },
+      { shape: [2, -1] },
+      { argnums: 5 },
+      { hasAux: "yes" },
+      { stride: 0 },
+      { padding: "x" },
+      { padding: [[1, 1], [1]] },
+      { groups: 3 },
+      { dilation: [1, 2, 3] },
+      { argnums: [0, 0] },
+      { hasAux: true },
+      { axis: [0, "a"] },
+      { min: 1, max: 0 },
+      new Map(),
+      new Float32Array(3),
+      new Int32Array(6),
+      new BigInt64Array(2),
+      new DataView(new ArrayBuffer(4)),
+      cyclicArray,
+      cyclicObject,
+    ),
+    fc.constant(d.randomKey(0)),
+    fc.integer({ min: -3, max: 5 }),
+    fc.array(fc.integer({ min: -2, max: 4 }), { maxLength: 4 }),
+    tensorArb,
+    fc.array(tensorArb, { minLength: 1, maxLength: 3 }),
+  );
+  const argsArb = fc.array(garbage, { maxLength: 4 });
+
+  /** Returns a failure description, or null when `run` returned or threw a DifflabError naming `op`. */
+  const verdict = async (op: string, run: () => unknown): Promise<string | null> => {
+    let err: unknown = null, threw = false;
+    try {
+      await run();
+    } catch (e) {
+      [err, threw] = [e, true];
+    }
+    if (!threw) return null;
+    if (!(err instanceof d.DifflabError)) return `threw ${(err as Error)?.name}: ${(err as Error)?.message ?? err}`;
+    if (!err.message.includes(op)) return `message ${JSON.stringify(err.message)} does not name ${op}`;
+    return null;
+  };
+  // Transformations return functions: call those with garbage too (their errors must name the transformation).
+  const transforms = new Set(["grad", "valueAndGrad", "checkpoint", "customVjp"]);
+
+  await fc.assert(
+    fc.asyncProperty(fc.constantFrom(...fns), argsArb, argsArb, async ([name, f], args, more) => {
+      let result: unknown;
+      const bad = await verdict(name, () => {
+        result = d.tidy(() => f(...args));
+        return result;
+      });
+      if (bad) {
+        throw new Error(`${name}(${args.map((a) => describe(a)).join(", ")}) ${bad}`);
+      }
+      if (transforms.has(name) && typeof result === "function") {
+        const again = await verdict(name, () => d.tidy(() => (result as (...a: unknown[]) => unknown)(...more)));
+        if (again) throw new Error(`${name}(...)(${more.map((a) => describe(a)).join(", ")}) ${again}`);
+      }
+    }),
+    { numRuns: 3000 },
+  );
+  assert.equal(d.getBackend(), "cpu");
 });

@@ -194,3 +194,27 @@ Deno.test("CLI: unknown flag, bad value, unknown model, unwritable dir, missing 
   assert.equal(nodir.code, 1);
   assert.match(nodir.err.split("\n")[0], /^error: .*no-such-dir/);
 });
+
+Deno.test("a model whose training state exceeds the backend's memory fails up front, naming the limit", async () => {
+  await d.setBackend("wasm");
+  try {
+    const before = d.liveBuffers();
+    const data = makeDataset({
+      name: "latents",
+      images: new Float32Array(2 * 4 * 32 * 32),
+      labels: new Int32Array(2),
+      channels: 4,
+      size: 32,
+      numClasses: 1000,
+      classNames: [...Array(1000).keys()].map(String),
+      origin: "derived",
+    });
+    await assert.rejects(
+      () => train(data, { model: "DiT-XL/2", steps: 1, quiet: true }),
+      /DiT-XL\/2 has 675,129,632 parameters.*12\.58 GiB.*the Wasm heap is limited to 4 GiB/,
+    );
+    assert.equal(d.liveBuffers(), before, "nothing was allocated before the check");
+  } finally {
+    await d.setBackend("cpu");
+  }
+});

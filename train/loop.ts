@@ -12,7 +12,7 @@ import { adamw, clipByGlobalNorm, ema as emaOps } from "../nn/optim.ts";
 import { namedLeaves } from "../nn/tree.ts";
 import { DifflabError } from "../tensor/errors.ts";
 import * as random from "../tensor/random.ts";
-import { dispose, fromHost, keep, type Tensor, tidy } from "../tensor/tensor.ts";
+import { currentBackend, dispose, fromHost, keep, type Tensor, tidy } from "../tensor/tensor.ts";
 import { findModel } from "../models/registry.ts";
 import { batchIndices, batchTensors, type Dataset } from "../data/dataset.ts";
 import { loadCheckpoint, type RunInfo, saveCheckpoint, type TrainState } from "./checkpoint.ts";
@@ -61,7 +61,7 @@ export interface TrainOptions {
   ckptEvery?: number;
   /** Sample grid every N steps (0: only at the end). */
   sampleEvery?: number;
-  /** Sampling of the grids. */
+  /** Sampling of the grids; `perClass` samples per class (default 8, 0: no grids). */
   sample?: SampleOptions & { perClass?: number };
   /** No progress output. */
   quiet?: boolean;
@@ -118,6 +118,39 @@ function disposeReplaced(old: unknown, next: unknown) {
 
 async function appendLog(path: string, rec: LogRecord) {
   await Deno.writeTextFile(path, JSON.stringify(rec) + "\n", { append: true });
+}
+
+/**
+ * Fails before any allocation when the training state cannot fit the backend: params, EMA, AdamW m
+ * and v and the gradients (5 copies) against the backend's total limit, the largest tensor against
+ * its per-tensor limit.
+ */
+function checkFits(model: string, shapes: Record<string, number[]>) {
+  const limits = currentBackend().memoryLimits?.();
+  if (!limits) return;
+  let count = 0, largest = 0, largestName = "";
+  for (const [n, s] of Object.entries(shapes)) {
+    const k = s.reduce((a, b) => a * b, 1);
+    count += k;
+    if (k > largest) [largest, largestName] = [k, n];
+  }
+  const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+  const state = 5 * 4 * count;
+  if (limits.totalBytes !== undefined && state > limits.totalBytes) {
+    throw new DifflabError(
+      `train: ${model} has ${
+        count.toLocaleString("en-US")
+      } parameters; its training state (params, EMA, AdamW m and v, ` +
+        `gradients: ${gib(state)} in f32) does not fit: ${limits.describe}. Use a smaller model or another backend.`,
+    );
+  }
+  if (limits.maxTensorBytes !== undefined && 4 * largest > limits.maxTensorBytes) {
+    throw new DifflabError(
+      `train: ${model}'s parameter ${largestName} [${shapes[largestName]}] needs ${
+        4 * largest
+      } bytes: ${limits.describe}`,
+    );
+  }
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -207,6 +240,7 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
         `train: ${name} is built for ${K} classes but dataset ${data.name} has ${data.numClasses}`,
       );
     }
+    checkFits(name, def.paramShapes(config));
     const params = tidy(() => def.init(random.foldIn(random.randomKey(seed), 0x1417), config));
     const info: RunInfo = {
       version: 1,
@@ -246,8 +280,9 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
   const t0 = performance.now();
   let window = performance.now(), windowImages = 0;
   const saveGrid = async (step: number) => {
-    if (!o.out || !o.writeGrid) return;
-    const { images, rows } = await sampleGrid(state, o.sample?.perClass ?? 8, { ...o.sample, seed: info.seed });
+    const perClass = o.sample?.perClass ?? 8;
+    if (!o.out || !o.writeGrid || perClass === 0) return;
+    const { images, rows } = await sampleGrid(state, perClass, { ...o.sample, seed: info.seed });
     await o.writeGrid(`${o.out}/samples-${step}.png`, images, rows);
     images.dispose();
   };

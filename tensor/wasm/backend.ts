@@ -296,6 +296,9 @@ class WasmBackend implements Backend, WasmExtras {
   get relaxedSimd(): boolean {
     return this.rt.relaxed;
   }
+  memoryLimits(): { totalBytes: number; maxTensorBytes: number; describe: string } {
+    return { totalBytes: 4 * 2 ** 30, maxTensorBytes: 4 * 2 ** 30, describe: "the Wasm heap is limited to 4 GiB" };
+  }
   heapBytes(): number {
     return this.rt.heapBytes;
   }

@@ -686,6 +686,10 @@ export async function createWebGPUBackend(opts: WebGPUOptions = {}): Promise<Web
     liveBuffers() {
       return live;
     },
+    memoryLimits() {
+      const max = engine.device.limits.maxBufferSize;
+      return { maxTensorBytes: max, describe: `the adapter's maxBufferSize is ${max} bytes` };
+    },
     setMaxBindingBytes(bytes: number) {
       const old = engine.maxBinding;
       engine.maxBinding = Math.min(bytes, engine.device.limits.maxStorageBufferBindingSize);
