@@ -24,3 +24,4 @@ export * from "./spatial.ts";
 export * from "./tree.ts";
 /** Checkpoint I/O: safetensors read/write (atomic) and PyTorch `.pt` state-dict reading. */
 export * as io from "./io.ts";
+export * from "./loss_scale.ts";

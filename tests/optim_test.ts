@@ -224,3 +224,34 @@ Deno.test("globalNorm does not depend on the key order of the tree (a reloaded c
     { numRuns: 20 },
   );
 });
+
+Deno.test("lossScale: f16 gradients that underflow unscaled survive scaling; Inf skips and backs off; growth as GradScaler", async () => {
+  const { lossScale } = d.nn;
+  // f16 activations, loss reduced in f32 (as autocast does): d loss/dx = c/64 ≈ 1.6e-8, below half of f16's
+  // smallest subnormal (6e-8), so the unscaled gradient flushes to zero.
+  const x = d.tensor(Array.from({ length: 64 }, (_, i) => i / 8), { dtype: "f16" });
+  const c = d.cast(d.scalar(1e-6, "f32"), "f16");
+  const f = (p: Tensor) => d.mean(d.cast(d.mul(p, c), "f32"));
+  assert.deepEqual(vals(d.grad(f)(x) as Tensor), new Array(64).fill(0));
+  const st = lossScale.init();
+  assert.deepEqual(st, { scale: 65536, growthTracker: 0 });
+  const g = d.grad((p: Tensor) => lossScale.scale(f(p), st))(x) as Tensor;
+  const { grads, finite } = lossScale.unscale({ w: g }, st);
+  const w = (grads as { w: Tensor }).w;
+  assert.equal(w.dtype, "f32");
+  assert.equal(await finite.item(), 1);
+  const want = (await c.item()) / 64;
+  assertClose(vals(w), new Array(64).fill(want), 0, want * 2e-3, "unscaled");
+  // An overflowing step: not finite, the scale halves and the tracker resets.
+  const big = lossScale.unscale({ a: d.tensor([1, Infinity], { dtype: "f16" }), b: d.tensor([2]) }, st);
+  assert.equal(await big.finite.item(), 0);
+  assert.deepEqual(lossScale.update(st, false), { scale: 32768, growthTracker: 0 });
+  const nan = lossScale.unscale([d.tensor([NaN])], st);
+  assert.equal(await nan.finite.item(), 0);
+  // Growth after growthInterval finite steps in a row.
+  let s = lossScale.init({ initScale: 8, growthInterval: 3 });
+  for (let i = 0; i < 3; i++) s = lossScale.update(s, true, { growthInterval: 3 });
+  assert.deepEqual(s, { scale: 16, growthTracker: 0 });
+  assert.throws(() => lossScale.init({ backoffFactor: 2 }), /backoffFactor must be in \(0, 1\), got 2/);
+  assert.throws(() => lossScale.init({ growthInterval: 0 }), /growthInterval must be an integer >= 1, got 0/);
+});
