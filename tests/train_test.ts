@@ -12,6 +12,10 @@ import { decodePng } from "../data/png.ts";
 import { loadCheckpoint } from "../train/checkpoint.ts";
 import { train, type TrainOptions } from "../train/loop.ts";
 import { writeGrid } from "../cli/common.ts";
+import { currentBackend } from "../tensor/tensor.ts";
+import type { WebGPUBackend } from "../tensor/webgpu/backend.ts";
+
+const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
 
 await d.setBackend("cpu");
 
@@ -217,4 +221,41 @@ Deno.test("a model whose training state exceeds the backend's memory fails up fr
   } finally {
     await d.setBackend("cpu");
   }
+});
+
+Deno.test({
+  name: "a WebGPU device lost mid-run stops training with a clear error; the run resumes on wasm",
+  ignore: !adapter,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const out = await Deno.makeTempDir();
+    const data = toyData();
+    await d.setBackend("webgpu");
+    try {
+      await assert.rejects(
+        () =>
+          train(data, {
+            ...base("DiT-T/2", out),
+            ckptEvery: 1,
+            onLog: (r) => {
+              if (r.step === 3) (currentBackend() as WebGPUBackend).engine.device.destroy();
+            },
+          }),
+        /device was lost/,
+      );
+      // The lost device's tensors are gone; the checkpoint on disk is intact and loads on another backend.
+      await d.setBackend("wasm");
+      const st = await loadCheckpoint(`${out}/ckpt.safetensors`);
+      assert.ok(st.info.step >= 2 && st.info.step <= 3, `last good checkpoint at step ${st.info.step}`);
+      d.dispose([st.params, st.ema, st.opt.m, st.opt.v]);
+      const res = await train(data, { steps: 6, resume: true, out, quiet: true, ckptEvery: 1, logEvery: 1 });
+      assert.equal(res.state.info.step, 6);
+      const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) => JSON.parse(l).step);
+      assert.deepEqual(log.slice(-3), [4, 5, 6]);
+      d.dispose([res.state.params, res.state.ema, res.state.opt.m, res.state.opt.v]);
+    } finally {
+      await d.setBackend("cpu");
+    }
+  },
 });
