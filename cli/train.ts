@@ -17,6 +17,8 @@ export const DEFAULTS = {
   batch: 64,
   lr: 1e-3,
   warmup: 100,
+  lrDecay: "none" as "none" | "cosine",
+  objective: "paper" as "paper" | "flow",
   out: "runs/default",
   cfg: 2,
   sampleSteps: 50,
@@ -35,10 +37,11 @@ Options:
   --batch B           batch size (default ${DEFAULTS.batch})
   --lr LR             peak learning rate (default ${DEFAULTS.lr})
   --warmup N          linear warm-up steps (default ${DEFAULTS.warmup})
+  --lr-decay D        none or cosine (to 0 at the last step; default ${DEFAULTS.lrDecay})
   --weight-decay W    AdamW weight decay (default 0)
   --ema D             EMA decay (default 0.999)
   --clip C            max global gradient norm (default 1)
-  --objective O       paper (default) or flow (linear-path flow matching, any model)
+  --objective O       paper or flow (linear-path flow matching, any model; default ${DEFAULTS.objective})
   --out DIR           output directory (default ${DEFAULTS.out})
   --resume            continue from DIR/ckpt.safetensors
   --seed S            PRNG seed (default 0)
@@ -62,6 +65,7 @@ await runMain(async () => {
     batch: { type: "string" },
     lr: { type: "string" },
     warmup: { type: "string" },
+    "lr-decay": { type: "string" },
     "weight-decay": { type: "string" },
     ema: { type: "string" },
     clip: { type: "string" },
@@ -98,10 +102,11 @@ await runMain(async () => {
     batch: a.int("batch", DEFAULTS.batch, 1),
     lr: a.num("lr", DEFAULTS.lr, 0),
     warmup: a.int("warmup", DEFAULTS.warmup, 0),
+    lrDecay: a.choice("lr-decay", ["none", "cosine"] as const, DEFAULTS.lrDecay),
     weightDecay: a.num("weight-decay", 0, 0),
     emaDecay: a.num("ema", 0.999, 0),
     clip: a.num("clip", 1, 0),
-    objective: a.choice("objective", ["paper", "flow"] as const, "paper"),
+    objective: a.choice("objective", ["paper", "flow"] as const, DEFAULTS.objective),
     out,
     resume,
     seed: a.int("seed", 0, 0),

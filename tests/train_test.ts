@@ -10,7 +10,7 @@ import * as d from "../mod.ts";
 import { makeDataset } from "../data/dataset.ts";
 import { decodePng } from "../data/png.ts";
 import { loadCheckpoint } from "../train/checkpoint.ts";
-import { train, type TrainOptions } from "../train/loop.ts";
+import { lrAt, train, type TrainOptions } from "../train/loop.ts";
 import { writeGrid } from "../cli/common.ts";
 import { currentBackend } from "../tensor/tensor.ts";
 import type { WebGPUBackend } from "../tensor/webgpu/backend.ts";
@@ -258,4 +258,17 @@ Deno.test({
       await d.setBackend("cpu");
     }
   },
+});
+
+Deno.test("lrAt: linear warm-up, then constant or cosine decay that ends near 0 at the last step", () => {
+  assert.equal(lrAt(1, 4, 0), 0.25);
+  assert.equal(lrAt(1, 4, 3), 1);
+  assert.equal(lrAt(1, 4, 500), 1);
+  const cos = (s: number) => lrAt(2, 10, s, { kind: "cosine", total: 110 });
+  assert.equal(cos(4), 1);
+  assert.equal(cos(9), 2);
+  assert.ok(Math.abs(cos(10) - (1 + Math.cos(Math.PI / 101))) < 1e-12);
+  for (let s = 10; s < 110; s++) assert.ok(cos(s) <= cos(s - 1) + 1e-15, `not decreasing at ${s}`);
+  assert.ok(cos(109) > 0 && cos(109) < 2 * 1e-3, `last step lr ${cos(109)}`);
+  assert.ok(Math.abs(cos(59) - 1) < 0.02, "half way is half the peak");
 });

@@ -44,6 +44,8 @@ export interface RunInfo {
   objective: "paper" | "flow";
   /** Steps the run was asked for (resuming continues to it unless overridden). */
   totalSteps: number;
+  /** Learning-rate decay after warm-up over `totalSteps`: none (constant) or cosine to 0 (absent: none). */
+  lrDecay?: "none" | "cosine";
 }
 
 /** A full training state. */

@@ -36,6 +36,8 @@ export interface TrainOptions {
   lr?: number;
   /** Linear warm-up steps. */
   warmup?: number;
+  /** After warm-up: constant ("none", default) or cosine decay to 0 at `steps`. */
+  lrDecay?: "none" | "cosine";
   /** AdamW decoupled weight decay (default 0). */
   weightDecay?: number;
   /** Target EMA decay of the averaged weights, ramped in as `min(decay, (1+step)/(10+step))` (default 0.999). */
@@ -95,9 +97,17 @@ export interface TrainResult {
   losses: number[];
 }
 
-/** The learning rate at a (0-based) step: linear warm-up, then constant. */
-export function lrAt(lr: number, warmup: number, step: number): number {
-  return warmup > 0 ? lr * Math.min(1, (step + 1) / warmup) : lr;
+/** The learning rate at a (0-based) step: linear warm-up, then constant or cosine-decayed towards 0 at `total`. */
+export function lrAt(
+  lr: number,
+  warmup: number,
+  step: number,
+  decay?: { kind?: "none" | "cosine"; total: number },
+): number {
+  if (warmup > 0 && step + 1 < warmup) return lr * (step + 1) / warmup;
+  if (!decay || decay.kind !== "cosine" || decay.total <= warmup) return lr;
+  const progress = Math.min(1, (step + 1 - warmup) / (decay.total - warmup + 1));
+  return lr * 0.5 * (1 + Math.cos(Math.PI * progress));
 }
 
 /** EMA decay with DiT-style warm-up so short runs are not dominated by the init. */
@@ -257,6 +267,7 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
       clip: o.clip ?? 1,
       objective: o.objective ?? "paper",
       totalSteps: o.steps,
+      lrDecay: o.lrDecay ?? "none",
     };
     state = { info, params, ema: emaOps.init(params), opt: adamw.init(params) };
     if (logPath) await Deno.writeTextFile(logPath, "");
@@ -288,7 +299,7 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
   };
   while (info.step < o.steps) {
     const step = info.step;
-    const lr = lrAt(info.lr, info.warmup, step);
+    const lr = lrAt(info.lr, info.warmup, step, { kind: info.lrDecay, total: info.totalSteps });
     const res = tidy(() => {
       const { x, y } = batchTensors(data, batchIndices(dataKey(info.seed), data.n, info.batch, step));
       const key = random.foldIn(random.randomKey(info.seed), step);
