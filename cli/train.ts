@@ -20,7 +20,6 @@ export const DEFAULTS = {
   objective: "paper" as "paper" | "flow",
   out: "runs/default",
   cfg: 2,
-  sampleSteps: 50,
 };
 
 /**
@@ -37,7 +36,6 @@ export const DEFAULT_RUN = {
   steps: 1900,
   batch: 64,
   warmup: 100,
-  sampleSteps: 20,
 };
 
 const USAGE = `Usage: deno task train [options]
@@ -51,7 +49,7 @@ Options:
                       run: ${DEFAULT_RUN.model}, ${DEFAULT_RUN.objective} objective, lr ${DEFAULT_RUN.lr} with ${DEFAULT_RUN.lrDecay} decay,
                       ${DEFAULT_RUN.steps} steps of batch ${DEFAULT_RUN.batch} (the defaults below apply when a model is named)
   --dataset D         mnist (default), fashion-mnist, or a directory of per-class PNG folders
-  --steps N           total optimiser steps (default ${DEFAULTS.steps})
+  --steps N           total optimiser steps (default ${DEFAULTS.steps}; with --resume: the checkpoint's total)
   --batch B           batch size (default ${DEFAULTS.batch})
   --lr LR             peak learning rate (default ${DEFAULTS.lr})
   --warmup N          linear warm-up steps (default ${DEFAULTS.warmup}, at most a tenth of the steps)
@@ -69,7 +67,8 @@ Options:
   --sample-every N    sample grid every N steps (default 0: only at the end)
   --cfg W             guidance scale of the sample grids (default ${DEFAULTS.cfg})
   --sampler S         ddpm, ddim, dpm-solver, euler or heun (default: the model's own)
-  --sample-steps N    sampler steps of the grids (default ${DEFAULTS.sampleSteps})
+  --sample-steps N    sampler steps of the grids (default: the sampler's own: ddim 50, ddpm 250,
+                      dpm-solver 25, euler/heun 20)
   --grid-per-class N  samples per class in each grid (default 8; 0: no grids)
   --quiet             no progress output
   --debug             print stack traces on errors
@@ -116,14 +115,15 @@ await runMain(async () => {
       a.fail((e as Error).message);
     }
   }
-  const steps = a.int("steps", D.steps, 1);
+  // A resumed run without --steps continues to the total its checkpoint was started with.
+  const steps = resume && hasCkpt && a.str("steps") === undefined ? undefined : a.int("steps", D.steps, 1);
   const opts = {
     model,
     steps,
     batch: a.int("batch", D.batch, 1),
     lr: a.num("lr", D.lr, 0),
     // A run shorter than the warm-up would never reach its peak LR: warm up for at most a tenth of it.
-    warmup: a.int("warmup", Math.min(D.warmup, Math.ceil(steps / 10)), 0),
+    warmup: a.int("warmup", Math.min(D.warmup, Math.ceil((steps ?? D.steps) / 10)), 0),
     lrDecay: a.choice("lr-decay", ["none", "cosine"] as const, D.lrDecay),
     weightDecay: a.num("weight-decay", 0, 0),
     emaDecay: a.num("ema", 0.999, 0),
@@ -139,7 +139,7 @@ await runMain(async () => {
     onNotice: (m: string) => console.error(m),
     sample: {
       cfg: a.num("cfg", D.cfg, 0),
-      steps: a.int("sample-steps", D.sampleSteps, 1),
+      steps: a.str("sample-steps") === undefined ? undefined : a.int("sample-steps", 1, 1),
       perClass: a.int("grid-per-class", 8, 0),
       sampler: a.str("sampler") === undefined
         ? undefined
@@ -156,19 +156,21 @@ await runMain(async () => {
   const data = await openDataset(a.str("dataset", D.dataset)!);
   if (!opts.quiet) {
     console.error(
-      `training ${
-        model ?? "(from checkpoint)"
-      } on ${data.name} (${data.n} images) with backend ${backend}: ${opts.steps} steps, batch ${opts.batch} -> ${opts.out}`,
+      model === undefined
+        ? `resuming ${opts.out}/ckpt.safetensors on ${data.name} with backend ${backend} to step ${
+          opts.steps ?? "(the checkpoint's total)"
+        }`
+        : `training ${model} on ${data.name} (${data.n} images) with backend ${backend}: ${opts.steps} steps, batch ${opts.batch} -> ${opts.out}`,
     );
   }
   const t0 = performance.now();
-  const { losses } = await train(data, opts);
+  const { losses, state } = await train(data, opts);
   const first = losses.slice(0, 10), last = losses.slice(-10);
-  const avg = (v: number[]) => v.reduce((s, x) => s + x, 0) / Math.max(1, v.length);
+  const avg = (v: number[]) => (v.length ? v.reduce((s, x) => s + x, 0) / v.length : null);
   console.log(
     JSON.stringify({
-      model,
-      steps: opts.steps,
+      model: state.info.model,
+      steps: state.info.totalSteps,
       seconds: Math.round((performance.now() - t0) / 100) / 10,
       loss_first: avg(first),
       loss_last: avg(last),

@@ -107,6 +107,31 @@ Deno.test("resume reproduces the uninterrupted run exactly (losses, parameters, 
   assert.deepEqual(lb, la);
 });
 
+Deno.test("a run interrupted mid-way resumes without restating its steps, cosine LR decay included, exactly", async () => {
+  const data = toyData();
+  const a = await Deno.makeTempDir(), b = await Deno.makeTempDir();
+  const opts = { ...base("DiT-T/2"), lrDecay: "cosine" as const, warmup: 2, ckptEvery: 1 };
+  const full = await train(data, { ...opts, out: a });
+  await assert.rejects(
+    () =>
+      train(data, {
+        ...opts,
+        out: b,
+        onLog: (r) => {
+          if (r.step === 4) throw new Error("interrupted");
+        },
+      }),
+    /interrupted/,
+  );
+  const resumed = await train(data, { resume: true, out: b, quiet: true, logEvery: 1 });
+  assert.equal(resumed.state.info.step, 6);
+  assert.deepEqual(resumed.losses, full.losses.slice(3));
+  assert.deepEqual(await leaves(resumed.state.params), await leaves(full.state.params));
+  const lr = async (dir: string) =>
+    (await Deno.readTextFile(`${dir}/log.jsonl`)).trim().split("\n").map((l) => JSON.parse(l).lr);
+  assert.deepEqual(await lr(b), await lr(a));
+});
+
 Deno.test("divergence stops naming the step and keeps the last good checkpoint", async () => {
   const out = await Deno.makeTempDir();
   const data = toyData();

@@ -28,8 +28,8 @@ export interface TrainOptions {
   model?: string;
   /** Fields that override the named config (e.g. a smaller `inputSize`/`depth` for experiments and tests). */
   configOverrides?: Record<string, unknown>;
-  /** Total optimiser steps of the run (when resuming: the new total, not the steps still to do). */
-  steps: number;
+  /** Total optimiser steps of the run (when resuming: the new total, not the steps still to do; default: the checkpoint's). */
+  steps?: number;
   /** Images per step (default 64; a resumed run keeps its checkpoint's value). */
   batch?: number;
   /** Peak AdamW learning rate after warm-up (default 1e-3). */
@@ -238,9 +238,10 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
       throw new DifflabError(`train: ${ckptPath} holds a ${state.info.model} run, not ${o.model}`);
     }
     if (logPath) await truncateLog(logPath, state.info.step);
-    state.info.totalSteps = o.steps;
+    state.info.totalSteps = o.steps ?? state.info.totalSteps;
   } else {
     if (o.model === undefined) throw new DifflabError("train: name a model (e.g. DiT-T/2)");
+    if (o.steps === undefined) throw new DifflabError("train: a new run needs opts.steps");
     const { name, def, config: named } = findModel(o.model);
     const seed = o.seed ?? 0;
     const config = { ...(named as Record<string, unknown>), ...o.configOverrides };
@@ -266,13 +267,14 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
       emaDecay: o.emaDecay ?? 0.999,
       clip: o.clip ?? 1,
       objective: o.objective ?? "paper",
-      totalSteps: o.steps,
+      totalSteps: o.steps!,
       lrDecay: o.lrDecay ?? "none",
     };
     state = { info, params, ema: emaOps.init(params), opt: adamw.init(params) };
     if (logPath) await Deno.writeTextFile(logPath, "");
   }
   const info = state.info;
+  const total = info.totalSteps;
   const { name, def } = findModel(info.model);
   const cfg = info.config as Record<string, unknown>;
   const shape = imageShape(def, cfg);
@@ -297,7 +299,7 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
     await o.writeGrid(`${o.out}/samples-${step}.png`, images, rows);
     images.dispose();
   };
-  while (info.step < o.steps) {
+  while (info.step < total) {
     const step = info.step;
     const lr = lrAt(info.lr, info.warmup, step, { kind: info.lrDecay, total: info.totalSteps });
     const res = tidy(() => {
@@ -340,8 +342,8 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
     windowImages += info.batch;
     const now = performance.now();
     const ips = windowImages / ((now - window) / 1000);
-    progress.update({ step: info.step, total: o.steps, loss: lv, imagesPerSec: ips });
-    if (info.step % logEvery === 0 || info.step === o.steps) {
+    progress.update({ step: info.step, total, loss: lv, imagesPerSec: ips });
+    if (info.step % logEvery === 0 || info.step === total) {
       const rec: LogRecord = {
         step: info.step,
         loss: lv,
@@ -355,8 +357,8 @@ export async function train(data: TrainData, o: TrainOptions): Promise<TrainResu
       window = now;
       windowImages = 0;
     }
-    if (ckptPath && (info.step % ckptEvery === 0 || info.step === o.steps)) await saveCheckpoint(ckptPath, state);
-    if (o.sampleEvery && info.step % o.sampleEvery === 0 && info.step !== o.steps) await saveGrid(info.step);
+    if (ckptPath && (info.step % ckptEvery === 0 || info.step === total)) await saveCheckpoint(ckptPath, state);
+    if (o.sampleEvery && info.step % o.sampleEvery === 0 && info.step !== total) await saveGrid(info.step);
   }
   progress.done();
   if (o.out) await saveGrid(info.step);
