@@ -10,7 +10,7 @@ import { DifflabError } from "../tensor/errors.ts";
 import { isFloat } from "../tensor/dtype.ts";
 import * as ops from "../tensor/ops.ts";
 import { Tensor } from "../tensor/tensor.ts";
-import { isRecord } from "../autograd/tree.ts";
+import { mapLeavesOf } from "../autograd/tree.ts";
 
 /** Settings of a dynamic loss scaler (defaults: torch's GradScaler). */
 export interface LossScaleConfig {
@@ -67,13 +67,6 @@ export function lossScaleApply(loss: Tensor, state: LossScaleState): Tensor {
   return ops.mul(wide, ops.scalar(state.scale, wide.dtype));
 }
 
-function mapLeaves(tree: unknown, f: (t: Tensor) => unknown): unknown {
-  if (tree instanceof Tensor) return f(tree);
-  if (Array.isArray(tree)) return tree.map((v) => mapLeaves(v, f));
-  if (isRecord(tree)) return Object.fromEntries(Object.keys(tree).map((k) => [k, mapLeaves(tree[k], f)]));
-  return tree;
-}
-
 /**
  * Divides every float gradient by the scale, in f32 (f64 stays f64), and
  * returns whether all of them are finite as a bool scalar tensor (read it
@@ -82,7 +75,7 @@ function mapLeaves(tree: unknown, f: (t: Tensor) => unknown): unknown {
 export function lossScaleUnscale(grads: unknown, state: LossScaleState): { grads: unknown; finite: Tensor } {
   const inv = 1 / state.scale;
   let finite: Tensor | null = null;
-  const out = mapLeaves(grads, (g) => {
+  const out = mapLeavesOf("lossScale.unscale", grads, (g) => {
     if (!isFloat(g.dtype)) return g;
     const wide = g.dtype === "f16" ? ops.cast(g, "f32") : g;
     // min over {0, 1} is 1 only when every element is finite (no `all` primitive needed).
