@@ -488,6 +488,11 @@ export class Engine {
       await staging.mapAsync(GPUMapMode.READ);
     } catch (e) {
       staging.destroy();
+      // A destroyed device fails the map before its `lost` promise settles: give it a moment, so
+      // the error says the device was lost rather than a bare validation error.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([this.device.lost, new Promise((r) => (timer = setTimeout(r, 200)))]);
+      clearTimeout(timer);
       this.check("read");
       throw new DifflabError(`webgpu: reading a buffer failed: ${(e as Error).message}`);
     }
