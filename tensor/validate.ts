@@ -11,7 +11,6 @@
  */
 import { checkDType, type DType, isFloat } from "./dtype.ts";
 import { describe, DifflabError, DTypeError } from "./errors.ts";
-import { normAxes, normAxis } from "./shape.ts";
 import { Tensor } from "./tensor.ts";
 
 export { checkShape, checkSize, MAX_SIZE } from "./shape.ts";
@@ -70,16 +69,6 @@ export function checkFlag(op: string, name: string, v: unknown, dflt = false): b
   if (v === undefined) return dflt;
   if (typeof v !== "boolean") throw new DifflabError(`${op}: argument ${name} must be a boolean, got ${describe(v)}`);
   return v;
-}
-
-/** Normalises one axis against `rank`; throws naming the op, the argument and the rank. */
-export function checkAxis(op: string, name: string, v: unknown, rank: number): number {
-  return normAxis(op, v, rank, name);
-}
-
-/** Normalises an axis option (integer, array of integers or undefined = all) into sorted unique axes. */
-export function checkAxes(op: string, name: string, v: unknown, rank: number): number[] {
-  return normAxes(op, v, rank, name);
 }
 
 /** Validates a dtype argument, `undefined` giving `dflt`. */
