@@ -10,9 +10,9 @@ import { describe, DifflabError, DTypeError, fmtShape, ShapeError } from "../ten
 import { zerosLike } from "../tensor/ops.ts";
 import * as ops from "../tensor/ops.ts";
 import { shapeEq } from "../tensor/shape.ts";
-import { alias, installVjp, Tensor, type Tracer, tracers } from "../tensor/tensor.ts";
+import { alias, installVjp, type SavesFn, Tensor, tidy, type Tracer, tracers } from "../tensor/tensor.ts";
 import { checkFlag, checkFn, checkInt, checkOptions } from "../tensor/validate.ts";
-import { vjpRules } from "./rules.ts";
+import { savedRules, vjpRules } from "./rules.ts";
 import { leavesOf, mapLeavesOf, unflatten } from "./tree.ts";
 
 type Ct = Tensor | null;
@@ -31,31 +31,61 @@ class Trace implements Tracer {
     return this.tracked.has(t);
   }
 
+  /** Marks `t` as depending on the inputs (identity only: its storage may still be freed). */
   track(t: Tensor) {
-    if (!this.tracked.has(t)) {
-      this.tracked.add(t);
-      t._traced++;
-    }
+    this.tracked.add(t);
   }
 
-  record(inputs: readonly Tensor[], outputs: readonly Tensor[], vjp: (cts: Ct[], needs?: readonly boolean[]) => Ct[]) {
+  record(
+    inputs: readonly Tensor[],
+    outputs: readonly Tensor[],
+    vjp: (cts: Ct[], needs?: readonly boolean[]) => Ct[],
+    saves?: SavesFn,
+  ) {
+    const tracked = inputs.map((t) => this.tracked.has(t));
     this.nodes.push({ inputs, outputs, vjp });
     for (const o of outputs) if (isFloat(o.dtype)) this.track(o);
-    // Inputs the node needs in backward must outlive any inner tidy too.
-    for (const i of inputs) if (!this.tracked.has(i)) this.pinned.add(i), i._traced++;
+    // Only what the rule reads must outlive the model's inner tidy scopes; the rest may go now.
+    const s = saves?.(tracked);
+    inputs.forEach((t, i) => {
+      if (s ? s.ins[i] : true) this.#pin(t);
+    });
+    if (s) outputs.forEach((t, i) => s.outs[i] && this.#pin(t));
   }
   readonly pinned = new Set<Tensor>();
+
+  #pin(t: Tensor) {
+    if (!this.pinned.has(t)) this.pinned.add(t), t._traced++;
+  }
 
   /** Stops recording; tensors are no longer protected from enclosing tidy scopes. */
   close() {
     if (!this.#open) return;
     this.#open = false;
-    for (const t of this.tracked) t._traced--;
     for (const t of this.pinned) t._traced--;
   }
 
-  /** Runs the backward pass from output cotangents; returns the cotangents of `wrt`. */
-  backward(seeds: Map<Tensor, Tensor>, wrt: readonly Tensor[]): Ct[] {
+  /**
+   * Runs the backward pass from output cotangents; returns the cotangents of `wrt`.
+   * With `release`, forward intermediates (node outputs outside `release.keep`)
+   * are disposed as soon as no earlier node needs them, so a one-shot gradient
+   * never holds activations and cotangents of the whole graph at once.
+   */
+  backward(seeds: Map<Tensor, Tensor>, wrt: readonly Tensor[], release?: { keep: Set<Tensor> }): Ct[] {
+    // firstUse[t]: the lowest node index that references t; once backward passes it, t is dead.
+    const firstUse = new Map<Tensor, number>();
+    const produced = new Set<Tensor>();
+    if (release) {
+      this.nodes.forEach((node, n) => {
+        for (const t of node.inputs) if (!firstUse.has(t)) firstUse.set(t, n);
+        for (const t of node.outputs) {
+          if (!firstUse.has(t)) firstUse.set(t, n);
+          produced.add(t);
+        }
+      });
+    }
+    const dead = (t: Tensor, n: number) =>
+      produced.has(t) && firstUse.get(t) === n && !release!.keep.has(t) && !cts.has(t) && t._traced === 0;
     const cts = new Map<Tensor, Tensor>();
     const holds = new Map<Tensor, number>();
     const protect = new Set<Tensor>(seeds.values());
@@ -87,9 +117,14 @@ class Trace implements Tracer {
     for (let n = this.nodes.length - 1; n >= 0; n--) {
       const node = this.nodes[n];
       const outCts = node.outputs.map((o) => cts.get(o) ?? null);
-      if (outCts.every((c) => c === null)) continue;
+      if (outCts.every((c) => c === null)) {
+        if (release) this.#releaseDead(node, n, dead);
+        continue;
+      }
       // Cotangents of inputs this trace does not track (data, constants) are never used: skip them.
-      const inCts = node.vjp(outCts, node.inputs.map((t) => this.tracked.has(t)));
+      // The rule's own temporaries die with its scope (enclosing traces keep what they record).
+      const needs = node.inputs.map((t) => this.tracked.has(t));
+      const inCts = tidy(() => node.vjp(outCts, needs));
       const fresh = new Set<Tensor>();
       node.inputs.forEach((inp, i) => {
         const c = inCts[i];
@@ -107,8 +142,14 @@ class Trace implements Tracer {
           drop(c);
         }
       });
+      if (release) this.#releaseDead(node, n, dead);
     }
     return wrt.map((t) => cts.get(t) ?? null);
+  }
+
+  #releaseDead(node: Node, n: number, dead: (t: Tensor, n: number) => boolean) {
+    for (const t of node.inputs) if (dead(t, n)) t.dispose();
+    for (const t of node.outputs) if (dead(t, n)) t.dispose();
   }
 }
 
@@ -155,9 +196,10 @@ function gradsFor(
   wrapped: unknown[],
   argnums: readonly number[],
   seeds: Map<Tensor, Tensor>,
+  release?: { keep: Set<Tensor> },
 ) {
   const wrt = argnums.flatMap((i) => leavesOf(op, wrapped[i]));
-  const g = trace.backward(seeds, wrt);
+  const g = trace.backward(seeds, wrt, release);
   let k = 0;
   return argnums.map((i) =>
     mapLeavesOf(op, wrapped[i], (t) => {
@@ -241,7 +283,20 @@ function valueAndGradOf<A extends unknown[]>(
   const multi = Array.isArray(o.argnums);
   const argnums: number[] = multi ? [...(o.argnums as number[])] : [(o.argnums as number | undefined) ?? 0];
   argnums.forEach((i, k) => checkInt(op, multi ? `argnums[${k}]` : "argnums", i, 0));
-  return (...args: A) => {
+  // One scope around forward and backward: constants and other tensors f creates that are
+  // neither returned nor kept go with it, even when the caller has no tidy of its own.
+  return (...args: A) => tidy(() => valueAndGradOnce(op, f, args, argnums, multi, hasAux));
+}
+
+function valueAndGradOnce<A extends unknown[]>(
+  op: string,
+  f: (...a: A) => unknown,
+  args: A,
+  argnums: number[],
+  multi: boolean,
+  hasAux: boolean,
+): [unknown, unknown] {
+  {
     for (const i of argnums) {
       if (i >= args.length) {
         throw new DifflabError(`${op}: argnums ${i} is out of range for ${args.length} argument(s)`);
@@ -258,14 +313,15 @@ function valueAndGradOf<A extends unknown[]>(
     const v = scalarOut(op, value);
     const seeds = new Map<Tensor, Tensor>();
     if (trace.tracks(v)) seeds.set(v, ops.onesLike(v));
-    const g = gradsFor(op, trace, wrapped, argnums, seeds);
+    // One-shot: intermediates can go as soon as backward is past them (the outputs stay).
+    const g = gradsFor(op, trace, wrapped, argnums, seeds, { keep: new Set(leavesOf(op, out)) });
     // When f returns an input itself, the seed is that input's gradient: keep it.
     const gradLeaves = new Set(leavesOf(op, g));
     for (const s of seeds.values()) if (s._traced === 0 && !gradLeaves.has(s)) s.dispose();
     const result = multi ? g : g[0];
     disposeIntermediates(op, trace, [out, result]);
     return [hasAux ? [v, aux] : v, result];
-  };
+  }
 }
 
 /** Returns `(...args) => grads` of a scalar-valued function (with hasAux: `[grads, aux]`). */
@@ -278,6 +334,10 @@ export function grad<A extends unknown[]>(f: (...a: A) => unknown, opts: GradOpt
   const hasAux = opts?.hasAux === true;
   return (...args: A) => {
     const [v, g] = vg(...args);
+    // The value is not returned: release it unless it is also a gradient or part of aux.
+    const value = (hasAux ? (v as unknown[])[0] : v) as Tensor;
+    const keep = new Set(leavesOf("grad", hasAux ? [g, (v as unknown[])[1]] : g));
+    if (!keep.has(value) && value._traced === 0) value.dispose();
     if (hasAux) return [g, (v as unknown[])[1]];
     return g;
   };
@@ -413,12 +473,20 @@ export function jvp<A extends unknown[], R>(f: (...a: A) => R, primals: A, tange
 
 const ALL: readonly boolean[] = [true, true, true, true];
 
-installVjp((prim, params, inputs, outputs, cts, needs) =>
-  (vjpRules[prim] as (p: unknown, i: readonly Tensor[], o: readonly Tensor[], c: Ct[], n: readonly boolean[]) => Ct[])(
-    params,
-    inputs,
-    outputs,
-    cts,
-    needs ?? ALL,
-  )
+installVjp(
+  (prim, params, inputs, outputs, cts, needs) =>
+    (vjpRules[prim] as (
+      p: unknown,
+      i: readonly Tensor[],
+      o: readonly Tensor[],
+      c: Ct[],
+      n: readonly boolean[],
+    ) => Ct[])(
+      params,
+      inputs,
+      outputs,
+      cts,
+      needs ?? ALL,
+    ),
+  (prim, _params, tracked) => savedRules[prim](tracked),
 );

@@ -64,6 +64,28 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
   sigmoid: un((_x, y, ct) => ops.mul(ct, ops.mul(y, ops.sub(1, y)))),
   log1p: un((x, _y, ct) => ops.div(ct, ops.add(x, 1))),
   expm1: un((_x, y, ct) => ops.mul(ct, ops.add(y, 1))),
+  // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+  gelu: un((x, _y, ct) =>
+    ops.mul(
+      ct,
+      ops.add(
+        ops.mul(ops.add(ops.erf(ops.mul(x, Math.SQRT1_2)), 1), 0.5),
+        ops.mul(x, ops.mul(ops.exp(ops.mul(ops.mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI))),
+      ),
+    )
+  ),
+  // With t = tanh(c·(x + a·x³)): 0.5·(1 + t) + 0.5·x·(1 - t²)·c·(1 + 3a·x²)
+  geluTanh: un((x, _y, ct) => {
+    const c = Math.sqrt(2 / Math.PI), a = 0.044715;
+    const x2 = ops.mul(x, x);
+    const t = ops.tanh(ops.mul(ops.mul(x, ops.add(ops.mul(x2, a), 1)), c));
+    const dt = ops.mul(ops.sub(1, ops.mul(t, t)), ops.mul(ops.add(ops.mul(x2, 3 * a), 1), c));
+    return ops.mul(ct, ops.mul(ops.add(ops.add(t, 1), ops.mul(x, dt)), 0.5));
+  }),
+  // y·(g − Σ g·y) along the row
+  softmax: (_p, _i, [y], [ct]) => [
+    ops.mul(y, ops.sub(ct!, ops.sum(ops.mul(ct!, y), { axis: -1, keepdims: true }))),
+  ],
   add: (_p, _i, _o, [ct]) => [ct, ct],
   sub: (_p, _i, _o, [ct], n) => [ct, when(n[1], () => ops.neg(ct!))],
   mul: (_p, [a, b], _o, [ct], n) => [when(n[0], () => ops.mul(ct!, b)), when(n[1], () => ops.mul(ct!, a))],
@@ -120,9 +142,8 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
       const before = kd - p.padding[i][0] - 1;
       return [before, ld + kd - 1 - od - before];
     };
-    const wt = ops.flip(ops.transpose(w, [0, 2, 1, 3, 4]), [3, 4]);
     const dx = when(need[0], () =>
-      bind("conv", [ct!, wt], {
+      bind("conv", [ct!, ops.flip(ops.transpose(w, [0, 2, 1, 3, 4]), [3, 4])], {
         stride: p.lhsDilation,
         padding: [lhsPad(0, H, KH, OH), lhsPad(1, W, KW, OW)],
         lhsDilation: p.stride,
@@ -182,4 +203,72 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
     });
   },
   random: () => [],
+};
+
+/** What a rule reads the values of: `ins[i]`/`outs[j]` true means the backward pass needs that tensor's data. */
+export type Saved = { ins: readonly boolean[]; outs: readonly boolean[] };
+type SaveRule = (tracked: readonly boolean[]) => Saved;
+
+const NONE: Saved = { ins: [false, false, false], outs: [false] };
+const none: SaveRule = () => NONE;
+const inOnly: SaveRule = () => ({ ins: [true], outs: [false] });
+const outOnly: SaveRule = () => ({ ins: [false], outs: [true] });
+const inOut: SaveRule = () => ({ ins: [true], outs: [true] });
+const both: SaveRule = () => ({ ins: [true, true], outs: [false] });
+// For bilinear ops (mul, dot, conv) each operand's cotangent reads the other operand only.
+const cross: SaveRule = ([a, b]) => ({ ins: [b, a], outs: [false] });
+const index: SaveRule = () => ({ ins: [false, true], outs: [false] });
+
+/**
+ * The operands each VJP rule above reads (everything else it touches is shape
+ * or dtype): a trace keeps only these alive, as PyTorch's saved tensors do,
+ * so activations a rule never reads are freed by the model's own tidy scopes.
+ * Kept next to the rules because the two must change together.
+ */
+export const savedRules: { [P in Prim]: SaveRule } = {
+  neg: none,
+  exp: outOnly,
+  log: inOnly,
+  sin: inOnly,
+  cos: inOnly,
+  tanh: outOnly,
+  sqrt: outOnly,
+  rsqrt: inOut,
+  abs: inOnly,
+  sign: none,
+  floor: none,
+  erf: inOnly,
+  sigmoid: outOnly,
+  log1p: inOnly,
+  expm1: outOnly,
+  gelu: inOnly,
+  geluTanh: inOnly,
+  softmax: outOnly,
+  add: none,
+  sub: none,
+  mul: cross,
+  div: ([a, b]) => ({ ins: [false, a || b], outs: [b] }),
+  pow: () => ({ ins: [true, true], outs: [true] }),
+  maximum: both,
+  minimum: both,
+  compare: none,
+  where: () => ({ ins: [true, false, false], outs: [false] }),
+  cast: none,
+  sum: none,
+  max: inOut,
+  argmax: none,
+  cumsum: none,
+  cumprod: inOut,
+  dot: cross,
+  conv: cross,
+  gather: index,
+  scatterAdd: index,
+  reshape: none,
+  transpose: none,
+  broadcast: none,
+  slice: none,
+  pad: none,
+  flip: none,
+  concat: none,
+  random: none,
 };

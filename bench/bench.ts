@@ -134,10 +134,49 @@ const CORE_WORKLOADS: Workload[] = [
 ];
 
 /**
- * Model training steps (forward + backward + AdamW at 32×32×4 latents, batch 8) plug in here
- * once models/ lands: "dit_s2_train" (DiT-S/2) and "dico_s_train" (DiCo-S).
+ * One training step of a paper model at 32×32×4 latents, batch 8, as the official train.py does it:
+ * the family's diffusion loss, forward + backward, and an AdamW update (lr 1e-4, no weight decay).
+ * FLOPs: forward multiply-accumulates × 2 × batch, times 3 for forward + backward.
  */
-const MODEL_WORKLOADS: Workload[] = [];
+function modelTrain(name: string, model: string): Workload {
+  const { classCount, imageShape, objectiveFor } = d.train;
+  const { def, config } = d.models.findModel(model);
+  const batch = 8;
+  return {
+    name,
+    flops: 3 * 2 * batch * def.flops(config),
+    slowOnCpu: true,
+    setup() {
+      const [C, S] = imageShape(def, config);
+      const obj = objectiveFor(def, config);
+      let params = d.tidy(() => def.init(d.randomKey(0), config)) as unknown;
+      let opt = d.nn.adamw.init(params);
+      const x = randn(20, [batch, C, S, S]);
+      const y = d.tensor(Array.from({ length: batch }, (_, i) => (i * 37) % classCount(def, config)), {
+        dtype: "i32",
+      });
+      let step = 0;
+      return {
+        run: async () => {
+          const key = d.random.foldIn(d.randomKey(1), step++);
+          const res = d.tidy(() => {
+            const [loss, g] = d.valueAndGrad((p: unknown) => obj.loss(p, x, y, key))(params) as [Tensor, unknown];
+            const up = d.nn.adamw.update(params, g, opt, { lr: 1e-4, weightDecay: 0 });
+            return { loss, params: up.params, opt: up.state };
+          });
+          d.dispose([params, opt]);
+          params = res.params;
+          opt = res.opt;
+          await res.loss.data();
+          res.loss.dispose();
+        },
+        teardown: () => d.dispose([params, opt, x, y]),
+      };
+    },
+  };
+}
+
+const MODEL_WORKLOADS: Workload[] = [modelTrain("dit_s2_train", "DiT-S/2"), modelTrain("dico_s_train", "DiCo-S")];
 
 const WORKLOADS: Workload[] = [...CORE_WORKLOADS, ...MODEL_WORKLOADS];
 

@@ -32,15 +32,12 @@ export function relu(x: Tensor): Tensor {
 
 /** Exact (erf) GELU: x·Φ(x) = 0.5·x·(1 + erf(x/√2)), as torch's `F.gelu` default. */
 export function gelu(x: Tensor): Tensor {
-  checkFloat("gelu", x);
-  return ops.mul(ops.mul(x, 0.5), ops.add(ops.erf(ops.mul(x, Math.SQRT1_2)), 1));
+  return ops.gelu(checkFloat("gelu", x));
 }
 
 /** Tanh GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as `GELU(approximate="tanh")` (DiT's MLP). */
 export function geluTanh(x: Tensor): Tensor {
-  checkFloat("geluTanh", x);
-  const inner = ops.mul(ops.add(x, ops.mul(ops.mul(ops.mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI));
-  return ops.mul(ops.mul(x, 0.5), ops.add(ops.tanh(inner), 1));
+  return ops.geluTanh(checkFloat("geluTanh", x));
 }
 
 /** Names of the activations an MLP can use. */

@@ -114,6 +114,8 @@ const UNARY: Record<string, Unary> = {
   sigmoid: (x) => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x))),
   log1p: Math.log1p,
   expm1: Math.expm1,
+  gelu: (x) => 0.5 * x * (1 + erf(x * Math.SQRT1_2)),
+  geluTanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
 };
 
 type Binary = (a: number, b: number) => number;
@@ -285,6 +287,22 @@ const kernels: { [P in Prim]: Kernel<P> } = {
   sigmoid: unaryK("sigmoid"),
   log1p: unaryK("log1p"),
   expm1: unaryK("expm1"),
+  gelu: unaryK("gelu"),
+  geluTanh: unaryK("geluTanh"),
+  softmax: (ins, _a, _p, out) => {
+    const x = contig(ins[0]);
+    const shape = out[0].shape, R = shape[shape.length - 1];
+    const y = allocHost(out[0].dtype, x.length);
+    // A row of -inf (everything masked) gives NaN, as torch does.
+    for (let o = 0; o < x.length; o += R) {
+      let m = -Infinity;
+      for (let j = 0; j < R; j++) m = Number.isNaN(m) || Number.isNaN(x[o + j]) ? NaN : Math.max(m, x[o + j]);
+      let s = 0;
+      for (let j = 0; j < R; j++) s += Math.exp(x[o + j] - m);
+      for (let j = 0; j < R; j++) y[o + j] = Math.exp(x[o + j] - m) / s;
+    }
+    return [fresh(y, shape)];
+  },
   add: binaryK("add"),
   sub: binaryK("sub"),
   mul: binaryK("mul"),

@@ -163,7 +163,9 @@ type UnaryPrim =
   | "floor"
   | "sigmoid"
   | "log1p"
-  | "expm1";
+  | "expm1"
+  | "gelu"
+  | "geluTanh";
 function unary(prim: UnaryPrim) {
   return (x: Tensor): Tensor => bind(prim, [checkTensor(prim, "x", x)], {})[0];
 }
@@ -198,6 +200,10 @@ export const sigmoid: (x: Tensor) => Tensor = unary("sigmoid");
 export const log1p: (x: Tensor) => Tensor = unary("log1p");
 /** Elementwise e^x - 1, accurate near 0. */
 export const expm1: (x: Tensor) => Tensor = unary("expm1");
+/** Elementwise exact GELU 0.5·x·(1 + erf(x/√2)), one fused primitive (torch's `F.gelu`). */
+export const gelu: (x: Tensor) => Tensor = unary("gelu");
+/** Elementwise tanh GELU 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), one fused primitive. */
+export const geluTanh: (x: Tensor) => Tensor = unary("geluTanh");
 
 /** Elementwise x². */
 export function square(x: Tensor): Tensor {
@@ -386,9 +392,10 @@ export function logsumexp(x: Tensor, opts: ReduceOptions = {}): Tensor {
 /** Softmax along an axis (default last). */
 export function softmax(x: Tensor, axis = -1): Tensor {
   reduceArgs("softmax", x, { axis }, "float", true);
-  const m = stopGradientValue(max(x, { axis, keepdims: true }));
-  const e = exp(sub(x, m));
-  return div(e, sum(e, { axis, keepdims: true }));
+  // One fused row primitive over the last axis; other axes are moved there and back (views).
+  const a = normAxis("softmax", axis, x.ndim);
+  if (a === x.ndim - 1) return bind("softmax", [x], {})[0];
+  return swapaxes(bind("softmax", [swapaxes(x, a, -1)], {})[0], a, -1);
 }
 
 /** Log-softmax along an axis. */

@@ -69,6 +69,12 @@ export interface ParamsOf {
   log1p: Empty;
   /** Elementwise e^x - 1. */
   expm1: Empty;
+  /** Elementwise exact GELU x·Φ(x) (torch's `F.gelu`): one primitive so backward saves only x. */
+  gelu: Empty;
+  /** Elementwise tanh-approximate GELU (torch's `approximate="tanh"`). */
+  geluTanh: Empty;
+  /** Softmax along the last axis, stabilised by the row maximum (one pass per row, saves only y). */
+  softmax: Empty;
   /** Elementwise a + b (same shapes). */
   add: Empty;
   /** Elementwise a - b. */
@@ -148,6 +154,8 @@ const UNARY_FLOAT = [
   "sigmoid",
   "log1p",
   "expm1",
+  "gelu",
+  "geluTanh",
 ] as const;
 const UNARY_ANY = ["neg", "abs", "sign", "floor"] as const;
 const BINARY = ["add", "sub", "mul", "div", "pow", "maximum", "minimum"] as const;
@@ -244,6 +252,14 @@ export const shapeRules: { [P in Prim]: ShapeRule<P> } = {
   sigmoid: unaryFloat("sigmoid"),
   log1p: unaryFloat("log1p"),
   expm1: unaryFloat("expm1"),
+  gelu: unaryFloat("gelu"),
+  geluTanh: unaryFloat("geluTanh"),
+  softmax: (ins) => {
+    arity("softmax", ins, 1);
+    if (!isFloat(ins[0].dtype)) throw new DTypeError(`softmax: needs a floating-point operand, got ${ins[0].dtype}`);
+    if (ins[0].shape.length === 0) throw new ShapeError("softmax: needs at least one axis, got a scalar");
+    return [{ shape: ins[0].shape, dtype: ins[0].dtype }];
+  },
   add: binary("add"),
   sub: binary("sub"),
   mul: binary("mul"),

@@ -27,8 +27,15 @@ export interface Tracer {
     inputs: readonly Tensor[],
     outputs: readonly Tensor[],
     vjp: (cts: (Tensor | null)[], needs?: readonly boolean[]) => (Tensor | null)[],
+    saves?: SavesFn,
   ): void;
 }
+
+/**
+ * Which operands a VJP reads the values of, given which inputs the tracer tracks
+ * (everything else it reads is shape/dtype only). Absent: all inputs, no outputs.
+ */
+export type SavesFn = (tracked: readonly boolean[]) => { ins: readonly boolean[]; outs: readonly boolean[] };
 
 /** Active tracers, innermost last. Internal: users only see vjp/grad. */
 export const tracers: Tracer[] = [];
@@ -43,9 +50,14 @@ export type VjpFn = (
   needs?: readonly boolean[],
 ) => (Tensor | null)[];
 let vjpOf: VjpFn | null = null;
-/** Installs the primitive VJP dispatcher (called once by autograd). */
-export function installVjp(f: VjpFn): void {
+let savesOf: ((prim: Prim, params: unknown, tracked: readonly boolean[]) => ReturnType<SavesFn>) | null = null;
+/** Installs the primitive VJP dispatcher and its saved-operand table (called once by autograd). */
+export function installVjp(
+  f: VjpFn,
+  saves: (prim: Prim, params: unknown, tracked: readonly boolean[]) => ReturnType<SavesFn>,
+): void {
   vjpOf = f;
+  savesOf = saves;
 }
 
 // ---------------------------------------------------------------- backends
@@ -260,7 +272,12 @@ export function bind<P extends Prim>(prim: P, inputs: readonly Tensor[], params:
   if (tracers.length && outs.some((o) => isFloat(o.dtype))) {
     for (const tr of tracers) {
       if (inputs.some((t) => tr.tracks(t))) {
-        tr.record(inputs, outs, (cts, needs) => vjpOf!(prim, params, inputs, outs, cts, needs));
+        tr.record(
+          inputs,
+          outs,
+          (cts, needs) => vjpOf!(prim, params, inputs, outs, cts, needs),
+          (tracked) => savesOf!(prim, params, tracked),
+        );
       }
     }
   }

@@ -129,6 +129,30 @@ const cases: { [P in Prim]: Case } = {
   sigmoid: unary(d.sigmoid, -6, 6),
   log1p: unary(d.log1p, -0.8, 2),
   expm1: unary(d.expm1),
+  gelu: (rng) => {
+    unary(d.gelu, -4, 4)(rng);
+    // Against the definition x·Φ(x), Φ from erf (itself checked against a series).
+    const x = randT(rng, rng.shape(1, 3), -6, 6);
+    const ref = vals(d.mul(x, d.mul(d.add(d.erf(d.mul(x, Math.SQRT1_2)), 1), 0.5)));
+    assertClose(vals(d.gelu(x)), ref, 1e-14, 1e-14, "gelu");
+  },
+  geluTanh: (rng) => {
+    unary(d.geluTanh, -4, 4)(rng);
+    const x = randT(rng, rng.shape(1, 3), -6, 6);
+    const inner = d.mul(d.add(x, d.mul(d.mul(d.mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI));
+    assertClose(vals(d.geluTanh(x)), vals(d.mul(d.mul(x, 0.5), d.add(d.tanh(inner), 1))), 1e-14, 1e-14, "geluTanh");
+  },
+  softmax: (rng) => {
+    const x = randT(rng, rng.shape(1, 4), -3, 3);
+    const axis = rng.int(-x.ndim, x.ndim - 1);
+    checkGrad(maybeView(rng, x, (t) => d.softmax(t, axis)), [x]);
+    // exp(x)/Σexp(x) directly (no overflow at this range), and rows sum to one.
+    const e = d.exp(x);
+    assertClose(vals(d.softmax(x, axis)), vals(d.div(e, d.sum(e, { axis, keepdims: true }))), 1e-14, 1e-14, "softmax");
+    // Shift invariance: a large offset per row does not overflow.
+    const big = d.add(x, 1000);
+    assertClose(vals(d.softmax(big, axis)), vals(d.softmax(x, axis)), 1e-12, 1e-12, "softmax shift");
+  },
   add: binary(d.add, [-2, 2, 0], [-2, 2, 0]),
   sub: binary(d.sub, [-2, 2, 0], [-2, 2, 0]),
   mul: binary(d.mul, [-2, 2, 0], [-2, 2, 0]),
@@ -308,6 +332,9 @@ const smooth: [string, (x: Tensor) => Tensor, number, number][] = [
   ["sigmoid", d.sigmoid, -4, 4],
   ["log1p", d.log1p, -0.5, 2],
   ["expm1", d.expm1, -2, 2],
+  ["gelu", d.gelu, -3, 3],
+  ["geluTanh", d.geluTanh, -3, 3],
+  ["softmax", (x) => d.mul(d.softmax(x, -1), d.sin(x)), -2, 2],
   ["pow", (x) => d.pow(x, d.add(d.mul(x, 0.5), 1)), 0.3, 2],
   ["div", (x) => d.div(d.sin(x), d.add(d.mul(x, x), 1)), -2, 2],
   ["cumprod", (x) => d.cumprod(x, -1), 0.5, 1.5],

@@ -247,6 +247,8 @@ const UNARY_RANGE: Record<string, [number, number]> = {
   sigmoid: [-30, 30],
   erf: [-5, 5],
   floor: [-5, 5],
+  gelu: [-8, 8],
+  geluTanh: [-8, 8],
 };
 
 const FLOAT_UNARY = [
@@ -265,6 +267,8 @@ const FLOAT_UNARY = [
   "sigmoid",
   "log1p",
   "expm1",
+  "gelu",
+  "geluTanh",
 ] as const;
 
 for (const op of FLOAT_UNARY) {
@@ -314,7 +318,23 @@ Deno.test("transcendentals handle special values like cpu (NaN, ±inf, 0, -0, hu
     1,
     -1,
   ];
-  for (const op of ["exp", "log", "tanh", "sigmoid", "erf", "sqrt", "rsqrt", "sign", "abs", "neg", "floor"] as const) {
+  for (
+    const op of [
+      "exp",
+      "log",
+      "tanh",
+      "sigmoid",
+      "erf",
+      "sqrt",
+      "rsqrt",
+      "sign",
+      "abs",
+      "neg",
+      "floor",
+      "gelu",
+      "geluTanh",
+    ] as const
+  ) {
     const data = new Float32Array(special);
     check(op, [{ dtype: "f32", shape: [special.length], view: { kind: "plain" }, data }], {});
   }
@@ -630,6 +650,29 @@ Deno.test("wasm movement primitives (reshape, transpose, broadcast, slice, flip,
       check("concat", [x, ...parts], { axis });
     }
   });
+});
+
+// ---------------------------------------------------------------- softmax
+
+Deno.test("wasm softmax matches cpu (rows of every length, views, f32 and f64, masked rows)", () => {
+  prop((rng) => {
+    const shape = shapeOf(rng, 3);
+    if (shape.length === 0) shape.push(rng.int(1, 40));
+    const dt: DType = rng.bool(0.8) ? "f32" : "f64";
+    const o = operand(rng, dt, shape, { lo: -10, hi: 10 });
+    // Masked scores: some -inf entries, sometimes a whole row (which gives NaN, as torch).
+    if (rng.bool(0.3)) {
+      for (let i = 0; i < o.data.length; i++) if (rng.bool(0.2)) o.data[i] = -Infinity;
+    }
+    check("softmax", [o], {});
+  });
+  // Long rows and many rows (the parallel path), a huge offset and a NaN row.
+  const rng = new Rng(11);
+  const big = operand(rng, "f32", [97, 1029], { lo: -30, hi: 30, views: false });
+  check("softmax", [big], {});
+  const shifted = operand(rng, "f32", [5, 7], { lo: 1e4, hi: 1e4 + 5, views: false });
+  shifted.data[9] = NaN;
+  check("softmax", [shifted], {});
 });
 
 // ---------------------------------------------------------------- PRNG

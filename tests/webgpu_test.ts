@@ -163,6 +163,8 @@ const FLOAT_UNARY: [Prim, number, number, Tol?][] = [
   ["sigmoid", -20, 20, { atol: 1e-7 }],
   ["log1p", -0.99, 5],
   ["expm1", -5, 5],
+  ["gelu", -8, 8, { atol: 3e-7 }],
+  ["geluTanh", -8, 8, { atol: 3e-7 }],
 ];
 for (const [p, lo, hi, tol] of FLOAT_UNARY) {
   prop([p], p, async (rng) => {
@@ -250,6 +252,17 @@ prop(["sum", "max"], "sum and max over random axes", async (rng) => {
     sumTol(n, 2),
   );
   await same(`max ${dt} ${JSON.stringify(s)} axes ${axes}`, (t) => bind("max", [t], { axes, keepdims })[0], [x]);
+});
+
+prop(["softmax"], "softmax over the last axis (views, masked entries, long rows)", async (rng) => {
+  const s = shapeOf(rng, 1, 4, 12);
+  if (rng.bool(0.2)) s[s.length - 1] = rng.int(300, 1500);
+  const masked = rng.bool(0.3);
+  const gen: Gen = (r) => (masked && r.bool(0.2) ? -Infinity : f32(r.real(-20, 20)));
+  await same(`softmax ${JSON.stringify(s)}`, (t) => bind("softmax", [t], {})[0], [input(rng, s, "f32", gen)], {
+    rtol: 1e-5,
+    atol: 1e-7,
+  });
 });
 
 prop(["sum", "max", "argmax"], "long reductions (two-pass)", async (rng) => {

@@ -14,6 +14,7 @@
  * the same memory with the cpu backend's exact semantics.
  */
 import type { Backend, Handle } from "../backend.ts";
+import { softmaxVia } from "../composite.ts";
 import type { DType, TypedArray } from "../dtype.ts";
 import { DifflabError, DTypeError, fmtShape, ShapeError } from "../errors.ts";
 import type { Aval, ConvParams, ParamsOf, Prim } from "../prims.ts";
@@ -223,6 +224,8 @@ const JS_UNARY: Record<string, (x: number) => number> = {
   sigmoid: (x) => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x))),
   log1p: Math.log1p,
   expm1: Math.expm1,
+  gelu: (x) => 0.5 * x * (1 + erf64(x * Math.SQRT1_2)),
+  geluTanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
 };
 const JS_BINARY: Record<string, (a: number, b: number) => number> = {
   add: (a, b) => a + b,
@@ -248,7 +251,7 @@ const JS_CMP: Record<string, (a: number, b: number) => boolean> = {
 };
 
 const WASM_UNARY: Record<string, readonly string[]> = {
-  f32: ["neg", "abs", "sqrt", "rsqrt", "floor", "sign", "exp", "log", "tanh", "sigmoid", "erf"],
+  f32: ["neg", "abs", "sqrt", "rsqrt", "floor", "sign", "exp", "log", "tanh", "sigmoid", "erf", "gelu", "geluTanh"],
   i32: ["neg", "abs", "sign"],
   u32: ["neg", "sign"],
 };
@@ -567,7 +570,7 @@ class WasmBackend implements Backend, WasmExtras {
       const dt = inAvals[0].dtype;
       const x = ins[0];
       if (WASM_UNARY[dt]?.includes(name)) {
-        const heavy = name === "exp" || name === "log" || name === "tanh" || name === "sigmoid" || name === "erf";
+        const heavy = ["exp", "log", "tanh", "sigmoid", "erf", "gelu", "geluTanh"].includes(name);
         return [this.#ew(name, dt, [x], out[0].dtype, out[0].shape, heavy)];
       }
       if ((dt === "i32" || dt === "u32") && (name === "floor" || (name === "abs" && dt === "u32"))) {
@@ -595,6 +598,23 @@ class WasmBackend implements Backend, WasmExtras {
   }
 
   // ------------------------------------------------------------ reductions
+
+  /** Row softmax over the last axis: one fused kernel for f32, the composite elsewhere. */
+  #softmax(h: WHandle, aval: Aval, out: Aval): WHandle {
+    if (aval.dtype !== "f32") return softmaxVia(this, h, aval) as WHandle;
+    const y = this.#fresh("f32", out.shape);
+    const n = size(out.shape);
+    if (n === 0) return y;
+    const R = out.shape[out.shape.length - 1], K = n / R;
+    const x = this.#contig(h);
+    const T = this.rt.threads;
+    const par = n >= PAR_MIN && T > 1 && K > 1;
+    const rowsPer = par ? Math.max(1, ceilDiv(K, 8 * T)) : K;
+    const a = this.rt.args([this.#addr(x), y.st.ptr, K, R, rowsPer]);
+    this.rt.run("softmax_f32", a, ceilDiv(K, rowsPer), par);
+    this.#drop(x.st);
+    return y;
+  }
 
   #reduce(op: "sum" | "max"): Kernel<"sum" | "max"> {
     return (ins, inAvals, p, out) => {
@@ -1164,6 +1184,9 @@ class WasmBackend implements Backend, WasmExtras {
       sigmoid: this.#unary("sigmoid"),
       log1p: this.#unary("log1p"),
       expm1: this.#unary("expm1"),
+      gelu: this.#unary("gelu"),
+      geluTanh: this.#unary("geluTanh"),
+      softmax: (ins, inAvals, _p, out) => [this.#softmax(ins[0], inAvals[0], out[0])],
       add: this.#binary("add"),
       sub: this.#binary("sub"),
       mul: this.#binary("mul"),

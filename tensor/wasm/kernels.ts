@@ -10,7 +10,7 @@
  * scalar per row, digit `0`), so broadcasting costs no copy.
  */
 import type { FuncDef, ValType } from "./emit.ts";
-import { type ConstTable, MathCtx, verf, vexp, vlog, vsigmoid, vtanh } from "./math.ts";
+import { type ConstTable, MathCtx, verf, vexp, vgelu, vgeluTanh, vlog, vsigmoid, vtanh } from "./math.ts";
 
 const c4 = (v: number) => `v128.const f32x4 ${v} ${v} ${v} ${v}`;
 const i4 = (v: number) => `v128.const i32x4 ${v} ${v} ${v} ${v}`;
@@ -118,6 +118,8 @@ export const F32_UNARY: Record<string, EwOp> = {
   tanh: vcall(vtanh),
   sigmoid: vcall(vsigmoid),
   erf: vcall(verf),
+  gelu: vcall(vgelu),
+  geluTanh: vcall(vgeluTanh),
 };
 
 /** i32 unary ops. */
@@ -826,12 +828,121 @@ function colReduce(op: RedOp, dt: RedDt): FuncDef {
   return { name: `redcol_${op}_${dt}`, params: KPARAMS, locals, body };
 }
 
+/**
+ * Softmax of each row of a contiguous f32 [K, R] array: row max (pmax plus a NaN flag),
+ * exp(x - max) written out while summing, then one scaling pass; the row stays in L1.
+ * args: x, y, K, R, rowsPer; chunk c handles rows [c*rowsPer, (c+1)*rowsPer).
+ */
+function softmaxRows(relaxed: boolean, table: ConstTable): FuncDef {
+  const m = new MathCtx(relaxed, table);
+  const names = ["x", "y", "K", "R", "rowsPer"];
+  const locals: [string, ValType][] = names.map((n) => [n, "i32"]);
+  locals.push(
+    ["k", "i32"],
+    ["k1", "i32"],
+    ["px", "i32"],
+    ["py", "i32"],
+    ["pe", "i32"],
+    ["pv", "i32"],
+    ["acc", "v128"],
+    ["nan", "v128"],
+    ["v", "v128"],
+    ["e", "v128"],
+    ["mx", "f32"],
+    ["s", "f32"],
+    ["inv", "v128"],
+  );
+  const expOf = vexp(m, "$v");
+  let body = names.map((n, i) => arg(n, i)).join("");
+  body += `
+    local.get $chunk local.get $rowsPer i32.mul local.tee $k local.get $rowsPer i32.add local.tee $k1
+    local.get $K local.get $k1 local.get $K i32.lt_u select local.set $k1
+    block $kd loop $kl
+      local.get $k local.get $k1 i32.ge_u br_if $kd
+      local.get $x local.get $k local.get $R i32.mul i32.const 2 i32.shl i32.add local.tee $px
+      local.get $R i32.const 2 i32.shl i32.add local.set $pe
+      local.get $pe local.get $px i32.sub i32.const -16 i32.and local.get $px i32.add local.set $pv
+      ;; pass 1: the row maximum (NaN anywhere makes it NaN)
+      ${c4(-Infinity)} local.set $acc
+      v128.const i32x4 0 0 0 0 local.set $nan
+      local.get $px local.set $py
+      block $md loop $ml
+        local.get $py local.get $pv i32.ge_u br_if $md
+        local.get $acc local.get $py v128.load local.tee $v f32x4.pmax local.set $acc
+        local.get $nan local.get $v local.get $v f32x4.ne v128.or local.set $nan
+        local.get $py i32.const 16 i32.add local.set $py
+        br $ml
+      end end
+      local.get $acc f32x4.extract_lane 0 local.get $acc f32x4.extract_lane 1 f32.max
+      local.get $acc f32x4.extract_lane 2 local.get $acc f32x4.extract_lane 3 f32.max f32.max local.set $mx
+      block $td loop $tl
+        local.get $py local.get $pe i32.ge_u br_if $td
+        local.get $mx local.get $py f32.load f32.max local.set $mx
+        local.get $py i32.const 4 i32.add local.set $py
+        br $tl
+      end end
+      local.get $nan v128.any_true if f32.const NaN local.set $mx end
+      ;; pass 2: e = exp(x - max) into y, summed
+      local.get $y local.get $px local.get $x i32.sub i32.add local.set $py
+      ${c4(0)} local.set $acc
+      local.get $mx f32x4.splat local.set $e
+      block $ed loop $el
+        local.get $px local.get $pv i32.ge_u br_if $ed
+        local.get $px v128.load local.get $e f32x4.sub local.set $v
+        local.get $py ${expOf} local.tee $v v128.store
+        local.get $acc local.get $v f32x4.add local.set $acc
+        local.get $px i32.const 16 i32.add local.set $px
+        local.get $py i32.const 16 i32.add local.set $py
+        br $el
+      end end
+      local.get $acc f32x4.extract_lane 0 local.get $acc f32x4.extract_lane 1 f32.add
+      local.get $acc f32x4.extract_lane 2 local.get $acc f32x4.extract_lane 3 f32.add f32.add local.set $s
+      block $xd loop $xl
+        local.get $px local.get $pe i32.ge_u br_if $xd
+        local.get $px f32.load local.get $mx f32.sub f32x4.splat local.set $v
+        local.get $py ${expOf} f32x4.extract_lane 0 local.tee $mx_t f32.store
+        local.get $s local.get $mx_t f32.add local.set $s
+        local.get $px i32.const 4 i32.add local.set $px
+        local.get $py i32.const 4 i32.add local.set $py
+        br $xl
+      end end
+      ;; pass 3: scale the row by 1/sum
+      f32.const 1 local.get $s f32.div f32x4.splat local.set $inv
+      local.get $y local.get $k local.get $R i32.mul i32.const 2 i32.shl i32.add local.set $py
+      local.get $y local.get $pv local.get $x i32.sub i32.add local.set $px
+      block $sd loop $sl
+        local.get $py local.get $px i32.ge_u br_if $sd
+        local.get $py local.get $py v128.load local.get $inv f32x4.mul v128.store
+        local.get $py i32.const 16 i32.add local.set $py
+        br $sl
+      end end
+      local.get $y local.get $pe local.get $x i32.sub i32.add local.set $px
+      block $rd loop $rl
+        local.get $py local.get $px i32.ge_u br_if $rd
+        local.get $py local.get $py f32.load local.get $inv f32x4.extract_lane 0 f32.mul f32.store
+        local.get $py i32.const 4 i32.add local.set $py
+        br $rl
+      end end
+      local.get $k i32.const 1 i32.add local.set $k
+      br $kl
+    end end`;
+  locals.push(["mx_t", "f32"]);
+  return { name: "softmax_f32", params: KPARAMS, locals: [...locals, ...m.locals], body };
+}
+
 /** log2 of the per-thread scratch size (must match runtime.SCRATCH_BYTES). */
 export const SCRATCH_STRIDE_LOG = 20;
 
 /** Every non-GEMM kernel. */
 export function basicKernels(relaxed: boolean, table: ConstTable): FuncDef[] {
-  const fs: FuncDef[] = [...elementwise(relaxed, table), copyKernel(1), copyKernel(4), copyKernel(8), copyTKernel()];
+  const fs: FuncDef[] = [
+    ...elementwise(relaxed, table),
+    copyKernel(1),
+    copyKernel(4),
+    copyKernel(8),
+    copyTKernel(),
+    softmaxRows(relaxed, table),
+  ];
   for (const op of ["sum", "max"] as const) {
     for (const dt of ["f32", "i32", "u32"] as const) {
       fs.push(rowReduce(op, dt, false), rowReduce(op, dt, true), colReduce(op, dt));

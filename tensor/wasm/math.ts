@@ -205,3 +205,22 @@ export function verf(m: MathCtx, x: string): string {
     local.get ${p} local.get ${q} local.get ${a} ${m.f(1)} f32x4.lt v128.bitselect
     ${m.i(0x7fffffff)} v128.and local.get ${x} ${m.i(0x80000000)} v128.and v128.or`;
 }
+
+/** Exact GELU 0.5·x·(1 + erf(x/√2)). */
+export function vgelu(m: MathCtx, x: string): string {
+  const t = m.tmp();
+  return `
+    local.get ${x} ${m.f(Math.SQRT1_2)} f32x4.mul local.set ${t}
+    ${verf(m, t)} ${m.f(1)} f32x4.add local.get ${x} ${m.f(0.5)} f32x4.mul f32x4.mul`;
+}
+
+/** Tanh GELU 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))). */
+export function vgeluTanh(m: MathCtx, x: string): string {
+  const u = m.tmp();
+  const c = Math.sqrt(2 / Math.PI);
+  return `
+    ${
+    m.madd(`local.get ${x} local.get ${x} f32x4.mul`, m.f(c * 0.044715), m.f(c))
+  } local.get ${x} f32x4.mul local.set ${u}
+    ${vtanh(m, u)} ${m.f(1)} f32x4.add local.get ${x} ${m.f(0.5)} f32x4.mul f32x4.mul`;
+}

@@ -18,6 +18,7 @@
  *   lazy or not; free buffers in the pool do not count.
  */
 import type { Backend, Handle } from "../backend.ts";
+import { softmaxVia } from "../composite.ts";
 import { allocHost, type DType, type TypedArray } from "../dtype.ts";
 import { DifflabError, DTypeError, fmtShape } from "../errors.ts";
 import type { Aval, ParamsOf, Prim } from "../prims.ts";
@@ -451,6 +452,10 @@ export async function createWebGPUBackend(opts: WebGPUOptions = {}): Promise<Web
     sigmoid: unary("sigmoid"),
     log1p: unary("log1p"),
     expm1: unary("expm1"),
+    gelu: unary("gelu"),
+    geluTanh: unary("geluTanh"),
+    // max, then exp(x - m) fused into the sum's prologue, then one fused divide.
+    softmax: (ins, a) => [softmaxVia(backend, ins[0], a[0]) as GHandle],
     add: unary("add"),
     sub: unary("sub"),
     mul: unary("mul"),

@@ -159,6 +159,14 @@ const FLOAT_HELPERS: Record<string, (T: string) => string> = {
     + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
   return select(1.0 - r, r - 1.0, x < 0.0);
 }`,
+  gelu: (T) =>
+    `fn gelu_${T}(x: ${T}) -> ${T} {
+  return 0.5 * x * (1.0 + erf_${T}(x * 0.7071067811865476));
+}`,
+  geluTanh: (T) =>
+    `fn geluTanh_${T}(x: ${T}) -> ${T} {
+  return 0.5 * x * (1.0 + tanh_${T}(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}`,
   sin: (T) =>
     `fn sin_${T}(x: ${T}) -> ${T} {
   if (isnan_${T}(x) || abs(x) > 3.0e38) { return nan_${T}(); }
@@ -238,6 +246,8 @@ const HELPER_DEPS: Record<string, string[]> = {
   tanh: ["isnan", "expm1"],
   sigmoid: ["isnan", "exp"],
   erf: ["isnan"],
+  gelu: ["erf"],
+  geluTanh: ["tanh"],
   sin: ["isnan", "nan"],
   cos: ["isnan", "nan"],
   pow: ["isnan", "nan", "inf"],

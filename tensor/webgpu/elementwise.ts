@@ -48,6 +48,8 @@ export type EwOp =
   | "sigmoid"
   | "log1p"
   | "expm1"
+  | "gelu"
+  | "geluTanh"
   | "add"
   | "sub"
   | "mul"
@@ -105,6 +107,8 @@ const FLOAT_UNARY_HELPER: Partial<Record<EwOp, string>> = {
   sigmoid: "sigmoid",
   log1p: "log1p",
   expm1: "expm1",
+  gelu: "gelu",
+  geluTanh: "geluTanh",
   sign: "sign",
 };
 
