@@ -64,23 +64,24 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
   sigmoid: un((_x, y, ct) => ops.mul(ct, ops.mul(y, ops.sub(1, y)))),
   log1p: un((x, _y, ct) => ops.div(ct, ops.add(x, 1))),
   expm1: un((_x, y, ct) => ops.mul(ct, ops.add(y, 1))),
-  // d/dx x·Φ(x) = Φ(x) + x·φ(x)
-  gelu: un((x, _y, ct) =>
+  gelu: un((x, _y, ct) => ops.mul(ct, ops.geluGrad(x))),
+  geluTanh: un((x, _y, ct) => ops.mul(ct, ops.geluTanhGrad(x))),
+  // Second derivatives (only higher-order gradients reach these): φ(x)·(2 − x²).
+  geluGrad: un((x, _y, ct) =>
     ops.mul(
       ct,
-      ops.add(
-        ops.mul(ops.add(ops.erf(ops.mul(x, Math.SQRT1_2)), 1), 0.5),
-        ops.mul(x, ops.mul(ops.exp(ops.mul(ops.mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI))),
-      ),
+      ops.mul(ops.mul(ops.exp(ops.mul(ops.mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI)), ops.sub(2, ops.mul(x, x))),
     )
   ),
-  // With t = tanh(c·(x + a·x³)): 0.5·(1 + t) + 0.5·x·(1 - t²)·c·(1 + 3a·x²)
-  geluTanh: un((x, _y, ct) => {
+  // With t = tanh(u), u = c·(x + a·x³): (1 − t²)·(u' + 0.5·x·(u'' − 2t·u'²)).
+  geluTanhGrad: un((x, _y, ct) => {
     const c = Math.sqrt(2 / Math.PI), a = 0.044715;
     const x2 = ops.mul(x, x);
     const t = ops.tanh(ops.mul(ops.mul(x, ops.add(ops.mul(x2, a), 1)), c));
-    const dt = ops.mul(ops.sub(1, ops.mul(t, t)), ops.mul(ops.add(ops.mul(x2, 3 * a), 1), c));
-    return ops.mul(ct, ops.mul(ops.add(ops.add(t, 1), ops.mul(x, dt)), 0.5));
+    const du = ops.mul(ops.add(ops.mul(x2, 3 * a), 1), c);
+    const ddu = ops.mul(x, 6 * a * c);
+    const inner = ops.sub(ddu, ops.mul(ops.mul(t, 2), ops.mul(du, du)));
+    return ops.mul(ct, ops.mul(ops.sub(1, ops.mul(t, t)), ops.add(du, ops.mul(ops.mul(x, 0.5), inner))));
   }),
   // y·(g − Σ g·y) along the row
   softmax: (_p, _i, [y], [ct]) => [
@@ -243,6 +244,8 @@ export const savedRules: { [P in Prim]: SaveRule } = {
   expm1: outOnly,
   gelu: inOnly,
   geluTanh: inOnly,
+  geluGrad: inOnly,
+  geluTanhGrad: inOnly,
   softmax: outOnly,
   add: none,
   sub: none,

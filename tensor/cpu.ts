@@ -97,6 +97,26 @@ export function erf(x: number): number {
   return x < 0 ? -r : r;
 }
 
+/** d/dx x·Φ(x) = Φ(x) + x·φ(x). */
+export function geluGrad(x: number): number {
+  return 0.5 * (1 + erf(x * Math.SQRT1_2)) + x * Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI);
+}
+
+/**
+ * d/dx of the tanh GELU, 0.5·(1 + t) + 0.5·x·(1 − t²)·u' with t = tanh(u), u = c·(x + a·x³),
+ * written as σ + 2x·σ·(1 − σ)·u' with σ = sigmoid(2u) so neither tail cancels (the f32
+ * kernels use the same form). Past |x| = 10 it is 0 or 1 to working precision.
+ */
+export function geluTanhGrad(x0: number): number {
+  if (Number.isNaN(x0)) return NaN;
+  const c = Math.sqrt(2 / Math.PI), a = 0.044715;
+  const x = Math.min(10, Math.max(-10, x0));
+  const u = c * (x + a * x * x * x);
+  const e = Math.exp(-2 * Math.abs(u)), r = 1 / (1 + e);
+  const [sp, sn] = u >= 0 ? [r, e * r] : [e * r, r];
+  return sp + 2 * x * sp * sn * c * (1 + 3 * a * x * x);
+}
+
 type Unary = (x: number) => number;
 const UNARY: Record<string, Unary> = {
   neg: (x) => -x,
@@ -116,6 +136,8 @@ const UNARY: Record<string, Unary> = {
   expm1: Math.expm1,
   gelu: (x) => 0.5 * x * (1 + erf(x * Math.SQRT1_2)),
   geluTanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+  geluGrad,
+  geluTanhGrad,
 };
 
 type Binary = (a: number, b: number) => number;
@@ -289,6 +311,8 @@ const kernels: { [P in Prim]: Kernel<P> } = {
   expm1: unaryK("expm1"),
   gelu: unaryK("gelu"),
   geluTanh: unaryK("geluTanh"),
+  geluGrad: unaryK("geluGrad"),
+  geluTanhGrad: unaryK("geluTanhGrad"),
   softmax: (ins, _a, _p, out) => {
     const x = contig(ins[0]);
     const shape = out[0].shape, R = shape[shape.length - 1];

@@ -165,7 +165,9 @@ type UnaryPrim =
   | "log1p"
   | "expm1"
   | "gelu"
-  | "geluTanh";
+  | "geluTanh"
+  | "geluGrad"
+  | "geluTanhGrad";
 function unary(prim: UnaryPrim) {
   return (x: Tensor): Tensor => bind(prim, [checkTensor(prim, "x", x)], {})[0];
 }
@@ -204,6 +206,10 @@ export const expm1: (x: Tensor) => Tensor = unary("expm1");
 export const gelu: (x: Tensor) => Tensor = unary("gelu");
 /** Elementwise tanh GELU 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), one fused primitive. */
 export const geluTanh: (x: Tensor) => Tensor = unary("geluTanh");
+/** Elementwise derivative of {@link gelu}, Φ(x) + x·φ(x): gelu's backward pass as one kernel. */
+export const geluGrad: (x: Tensor) => Tensor = unary("geluGrad");
+/** Elementwise derivative of {@link geluTanh}. */
+export const geluTanhGrad: (x: Tensor) => Tensor = unary("geluTanhGrad");
 
 /** Elementwise x². */
 export function square(x: Tensor): Tensor {

@@ -73,6 +73,10 @@ export interface ParamsOf {
   gelu: Empty;
   /** Elementwise tanh-approximate GELU (torch's `approximate="tanh"`). */
   geluTanh: Empty;
+  /** Elementwise derivative of `gelu` (its backward pass in one kernel). */
+  geluGrad: Empty;
+  /** Elementwise derivative of `geluTanh`. */
+  geluTanhGrad: Empty;
   /** Softmax along the last axis, stabilised by the row maximum (one pass per row, saves only y). */
   softmax: Empty;
   /** Elementwise a + b (same shapes). */
@@ -156,6 +160,8 @@ const UNARY_FLOAT = [
   "expm1",
   "gelu",
   "geluTanh",
+  "geluGrad",
+  "geluTanhGrad",
 ] as const;
 const UNARY_ANY = ["neg", "abs", "sign", "floor"] as const;
 const BINARY = ["add", "sub", "mul", "div", "pow", "maximum", "minimum"] as const;
@@ -254,6 +260,8 @@ export const shapeRules: { [P in Prim]: ShapeRule<P> } = {
   expm1: unaryFloat("expm1"),
   gelu: unaryFloat("gelu"),
   geluTanh: unaryFloat("geluTanh"),
+  geluGrad: unaryFloat("geluGrad"),
+  geluTanhGrad: unaryFloat("geluTanhGrad"),
   softmax: (ins) => {
     arity("softmax", ins, 1);
     if (!isFloat(ins[0].dtype)) throw new DTypeError(`softmax: needs a floating-point operand, got ${ins[0].dtype}`);

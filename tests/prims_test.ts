@@ -142,6 +142,21 @@ const cases: { [P in Prim]: Case } = {
     const inner = d.mul(d.add(x, d.mul(d.mul(d.mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI));
     assertClose(vals(d.geluTanh(x)), vals(d.mul(d.mul(x, 0.5), d.add(d.tanh(inner), 1))), 1e-14, 1e-14, "geluTanh");
   },
+  geluGrad: (rng) => {
+    unary(d.geluGrad, -4, 4)(rng);
+    // It is gelu's derivative: central differences of gelu itself.
+    const x = randT(rng, rng.shape(1, 3), -5, 5);
+    const h = 1e-5;
+    const fd = d.div(d.sub(d.gelu(d.add(x, h)), d.gelu(d.sub(x, h))), 2 * h);
+    assertClose(vals(d.geluGrad(x)), vals(fd), 1e-7, 1e-8, "geluGrad");
+  },
+  geluTanhGrad: (rng) => {
+    unary(d.geluTanhGrad, -4, 4)(rng);
+    const x = randT(rng, rng.shape(1, 3), -5, 5);
+    const h = 1e-5;
+    const fd = d.div(d.sub(d.geluTanh(d.add(x, h)), d.geluTanh(d.sub(x, h))), 2 * h);
+    assertClose(vals(d.geluTanhGrad(x)), vals(fd), 1e-7, 1e-8, "geluTanhGrad");
+  },
   softmax: (rng) => {
     const x = randT(rng, rng.shape(1, 4), -3, 3);
     const axis = rng.int(-x.ndim, x.ndim - 1);
@@ -334,6 +349,8 @@ const smooth: [string, (x: Tensor) => Tensor, number, number][] = [
   ["expm1", d.expm1, -2, 2],
   ["gelu", d.gelu, -3, 3],
   ["geluTanh", d.geluTanh, -3, 3],
+  ["geluGrad", d.geluGrad, -3, 3],
+  ["geluTanhGrad", d.geluTanhGrad, -3, 3],
   ["softmax", (x) => d.mul(d.softmax(x, -1), d.sin(x)), -2, 2],
   ["pow", (x) => d.pow(x, d.add(d.mul(x, 0.5), 1)), 0.3, 2],
   ["div", (x) => d.div(d.sin(x), d.add(d.mul(x, x), 1)), -2, 2],

@@ -249,6 +249,8 @@ const UNARY_RANGE: Record<string, [number, number]> = {
   floor: [-5, 5],
   gelu: [-8, 8],
   geluTanh: [-8, 8],
+  geluGrad: [-8, 8],
+  geluTanhGrad: [-8, 8],
 };
 
 const FLOAT_UNARY = [
@@ -269,6 +271,8 @@ const FLOAT_UNARY = [
   "expm1",
   "gelu",
   "geluTanh",
+  "geluGrad",
+  "geluTanhGrad",
 ] as const;
 
 for (const op of FLOAT_UNARY) {
@@ -333,6 +337,8 @@ Deno.test("transcendentals handle special values like cpu (NaN, ±inf, 0, -0, hu
       "floor",
       "gelu",
       "geluTanh",
+      "geluGrad",
+      "geluTanhGrad",
     ] as const
   ) {
     const data = new Float32Array(special);

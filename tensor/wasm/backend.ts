@@ -15,6 +15,7 @@
  */
 import type { Backend, Handle } from "../backend.ts";
 import { softmaxVia } from "../composite.ts";
+import { geluTanhGrad } from "../cpu.ts";
 import type { DType, TypedArray } from "../dtype.ts";
 import { DifflabError, DTypeError, fmtShape, ShapeError } from "../errors.ts";
 import type { Aval, ConvParams, ParamsOf, Prim } from "../prims.ts";
@@ -226,6 +227,8 @@ const JS_UNARY: Record<string, (x: number) => number> = {
   expm1: Math.expm1,
   gelu: (x) => 0.5 * x * (1 + erf64(x * Math.SQRT1_2)),
   geluTanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+  geluGrad: (x) => 0.5 * (1 + erf64(x * Math.SQRT1_2)) + x * Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI),
+  geluTanhGrad,
 };
 const JS_BINARY: Record<string, (a: number, b: number) => number> = {
   add: (a, b) => a + b,
@@ -251,7 +254,23 @@ const JS_CMP: Record<string, (a: number, b: number) => boolean> = {
 };
 
 const WASM_UNARY: Record<string, readonly string[]> = {
-  f32: ["neg", "abs", "sqrt", "rsqrt", "floor", "sign", "exp", "log", "tanh", "sigmoid", "erf", "gelu", "geluTanh"],
+  f32: [
+    "neg",
+    "abs",
+    "sqrt",
+    "rsqrt",
+    "floor",
+    "sign",
+    "exp",
+    "log",
+    "tanh",
+    "sigmoid",
+    "erf",
+    "gelu",
+    "geluTanh",
+    "geluGrad",
+    "geluTanhGrad",
+  ],
   i32: ["neg", "abs", "sign"],
   u32: ["neg", "sign"],
 };
@@ -570,7 +589,9 @@ class WasmBackend implements Backend, WasmExtras {
       const dt = inAvals[0].dtype;
       const x = ins[0];
       if (WASM_UNARY[dt]?.includes(name)) {
-        const heavy = ["exp", "log", "tanh", "sigmoid", "erf", "gelu", "geluTanh"].includes(name);
+        const heavy = ["exp", "log", "tanh", "sigmoid", "erf", "gelu", "geluTanh", "geluGrad", "geluTanhGrad"].includes(
+          name,
+        );
         return [this.#ew(name, dt, [x], out[0].dtype, out[0].shape, heavy)];
       }
       if ((dt === "i32" || dt === "u32") && (name === "floor" || (name === "abs" && dt === "u32"))) {
@@ -1186,6 +1207,8 @@ class WasmBackend implements Backend, WasmExtras {
       expm1: this.#unary("expm1"),
       gelu: this.#unary("gelu"),
       geluTanh: this.#unary("geluTanh"),
+      geluGrad: this.#unary("geluGrad"),
+      geluTanhGrad: this.#unary("geluTanhGrad"),
       softmax: (ins, inAvals, _p, out) => [this.#softmax(ins[0], inAvals[0], out[0])],
       add: this.#binary("add"),
       sub: this.#binary("sub"),

@@ -10,7 +10,19 @@
  * scalar per row, digit `0`), so broadcasting costs no copy.
  */
 import type { FuncDef, ValType } from "./emit.ts";
-import { type ConstTable, MathCtx, verf, vexp, vgelu, vgeluTanh, vlog, vsigmoid, vtanh } from "./math.ts";
+import {
+  type ConstTable,
+  MathCtx,
+  verf,
+  vexp,
+  vgelu,
+  vgeluGrad,
+  vgeluTanh,
+  vgeluTanhGrad,
+  vlog,
+  vsigmoid,
+  vtanh,
+} from "./math.ts";
 
 const c4 = (v: number) => `v128.const f32x4 ${v} ${v} ${v} ${v}`;
 const i4 = (v: number) => `v128.const i32x4 ${v} ${v} ${v} ${v}`;
@@ -120,6 +132,8 @@ export const F32_UNARY: Record<string, EwOp> = {
   erf: vcall(verf),
   gelu: vcall(vgelu),
   geluTanh: vcall(vgeluTanh),
+  geluGrad: vcall(vgeluGrad),
+  geluTanhGrad: vcall(vgeluTanhGrad),
 };
 
 /** i32 unary ops. */

@@ -224,3 +224,43 @@ export function vgeluTanh(m: MathCtx, x: string): string {
   } local.get ${x} f32x4.mul local.set ${u}
     ${vtanh(m, u)} ${m.f(1)} f32x4.add local.get ${x} ${m.f(0.5)} f32x4.mul f32x4.mul`;
 }
+
+/** d/dx of the exact GELU: 0.5·(1 + erf(x/√2)) + x·e^(−x²/2)/√(2π). */
+export function vgeluGrad(m: MathCtx, x: string): string {
+  const [t, p, z] = [m.tmp(), m.tmp(), m.tmp()];
+  return `
+    local.get ${x} ${m.f(Math.SQRT1_2)} f32x4.mul local.set ${t}
+    ${verf(m, t)} ${m.f(1)} f32x4.add ${m.f(0.5)} f32x4.mul local.set ${p}
+    local.get ${x} local.get ${x} f32x4.mul ${m.f(-0.5)} f32x4.mul local.set ${z}
+    ${m.madd(`${vexp(m, z)} local.get ${x} f32x4.mul`, m.f(1 / Math.sqrt(2 * Math.PI)), `local.get ${p}`)}`;
+}
+
+/** d/dx of the tanh GELU as σ + 2x·σ·(1 − σ)·u', σ = sigmoid(2u), u = c·x·(1 + a·x²) (no cancellation in either tail). */
+export function vgeluTanhGrad(m: MathCtx, x: string): string {
+  const [xc, x2, u, na, e, r, s, ge, sp] = [
+    m.tmp(),
+    m.tmp(),
+    m.tmp(),
+    m.tmp(),
+    m.tmp(),
+    m.tmp(),
+    m.tmp(),
+    m.tmp(),
+    m.tmp(),
+  ];
+  const c = Math.sqrt(2 / Math.PI), a = 0.044715;
+  // Past |x| = 10 the derivative is 0 or 1 to f32 precision; clamping keeps x² finite (NaN passes).
+  return `
+    local.get ${x} ${m.f(10)} f32x4.pmin ${m.f(-10)} f32x4.pmax local.set ${xc}
+    local.get ${xc} local.get ${xc} f32x4.mul local.set ${x2}
+    ${m.madd(`local.get ${x2}`, m.f(c * a), m.f(c))} local.get ${xc} f32x4.mul local.tee ${u}
+    f32x4.abs ${m.f(-2)} f32x4.mul local.set ${na}
+    ${vexp(m, na)} local.set ${e}
+    ${m.f(1)} ${m.f(1)} local.get ${e} f32x4.add f32x4.div local.set ${r}
+    local.get ${e} local.get ${r} f32x4.mul local.set ${s}
+    local.get ${u} ${m.f(0)} f32x4.ge local.set ${ge}
+    local.get ${r} local.get ${s} local.get ${ge} v128.bitselect local.set ${sp}
+    local.get ${sp} local.get ${s} local.get ${r} local.get ${ge} v128.bitselect f32x4.mul
+    local.get ${xc} f32x4.mul ${m.f(2)} f32x4.mul
+    ${m.madd(`local.get ${x2}`, m.f(3 * a * c), m.f(c))} f32x4.mul local.get ${sp} f32x4.add`;
+}

@@ -454,6 +454,8 @@ export async function createWebGPUBackend(opts: WebGPUOptions = {}): Promise<Web
     expm1: unary("expm1"),
     gelu: unary("gelu"),
     geluTanh: unary("geluTanh"),
+    geluGrad: unary("geluGrad"),
+    geluTanhGrad: unary("geluTanhGrad"),
     // max, then exp(x - m) fused into the sum's prologue, then one fused divide.
     softmax: (ins, a) => [softmaxVia(backend, ins[0], a[0]) as GHandle],
     add: unary("add"),

@@ -167,6 +167,23 @@ const FLOAT_HELPERS: Record<string, (T: string) => string> = {
     `fn geluTanh_${T}(x: ${T}) -> ${T} {
   return 0.5 * x * (1.0 + tanh_${T}(0.7978845608028654 * (x + 0.044715 * x * x * x)));
 }`,
+  geluGrad: (T) =>
+    `fn geluGrad_${T}(x: ${T}) -> ${T} {
+  return 0.5 * (1.0 + erf_${T}(x * 0.7071067811865476)) + x * exp_${T}(-0.5 * x * x) * 0.3989422804014327;
+}`,
+  // σ + 2x·σ·(1 − σ)·u' with σ = sigmoid(2u): 0.5·(1 + tanh u) without cancellation in either tail.
+  geluTanhGrad: (T) =>
+    `fn geluTanhGrad_${T}(x0: ${T}) -> ${T} {
+  if (isnan_${T}(x0)) { return x0; }
+  let x = clamp(x0, -10.0, 10.0);
+  let x2 = x * x;
+  let u = 0.7978845608028654 * x * (1.0 + 0.044715 * x2);
+  let e = exp_${T}(-2.0 * abs(u));
+  let r = 1.0 / (1.0 + e);
+  let sp = select(e * r, r, u >= 0.0);
+  let sn = select(r, e * r, u >= 0.0);
+  return sp + 2.0 * x * sp * sn * 0.7978845608028654 * (1.0 + 0.134145 * x2);
+}`,
   sin: (T) =>
     `fn sin_${T}(x: ${T}) -> ${T} {
   if (isnan_${T}(x) || abs(x) > 3.0e38) { return nan_${T}(); }
@@ -248,6 +265,8 @@ const HELPER_DEPS: Record<string, string[]> = {
   erf: ["isnan"],
   gelu: ["erf"],
   geluTanh: ["tanh"],
+  geluGrad: ["erf", "exp"],
+  geluTanhGrad: ["isnan", "exp"],
   sin: ["isnan", "nan"],
   cos: ["isnan", "nan"],
   pow: ["isnan", "nan", "inf"],

@@ -50,6 +50,8 @@ export type EwOp =
   | "expm1"
   | "gelu"
   | "geluTanh"
+  | "geluGrad"
+  | "geluTanhGrad"
   | "add"
   | "sub"
   | "mul"
@@ -109,6 +111,8 @@ const FLOAT_UNARY_HELPER: Partial<Record<EwOp, string>> = {
   expm1: "expm1",
   gelu: "gelu",
   geluTanh: "geluTanh",
+  geluGrad: "geluGrad",
+  geluTanhGrad: "geluTanhGrad",
   sign: "sign",
 };
 
