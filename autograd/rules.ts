@@ -83,6 +83,13 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
     const inner = ops.sub(ddu, ops.mul(ops.mul(t, 2), ops.mul(du, du)));
     return ops.mul(ct, ops.mul(ops.sub(1, ops.mul(t, t)), ops.add(du, ops.mul(ops.mul(x, 0.5), inner))));
   }),
+  // rstd·(g − mean(g) − y·mean(g·y)), rstd recomputed from x (cheaper to keep than another tensor).
+  layerNorm: (p, [x], [y], [ct]) => {
+    const mean = (t: Tensor) => ops.mean(t, { axis: -1, keepdims: true });
+    const xc = ops.sub(x, mean(x));
+    const rstd = ops.rsqrt(ops.add(mean(ops.mul(xc, xc)), p.eps));
+    return [ops.mul(rstd, ops.sub(ops.sub(ct!, mean(ct!)), ops.mul(y, mean(ops.mul(ct!, y)))))];
+  },
   // y·(g − Σ g·y) along the row
   softmax: (_p, _i, [y], [ct]) => [
     ops.mul(y, ops.sub(ct!, ops.sum(ops.mul(ct!, y), { axis: -1, keepdims: true }))),
@@ -246,6 +253,7 @@ export const savedRules: { [P in Prim]: SaveRule } = {
   geluTanh: inOnly,
   geluGrad: inOnly,
   geluTanhGrad: inOnly,
+  layerNorm: inOut,
   softmax: outOnly,
   add: none,
   sub: none,

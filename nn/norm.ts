@@ -12,7 +12,7 @@ import { DifflabError, fmtShape, ShapeError } from "../tensor/errors.ts";
 import * as ops from "../tensor/ops.ts";
 import type { Key } from "../tensor/random.ts";
 import { normAxis } from "../tensor/shape.ts";
-import { Tensor } from "../tensor/tensor.ts";
+import { bind, Tensor } from "../tensor/tensor.ts";
 
 function checkX(op: string, x: unknown): Tensor {
   if (!(x instanceof Tensor) || x.ndim < 1) throw new ShapeError(`${op}: x must be a Tensor of rank >= 1`);
@@ -53,9 +53,13 @@ export interface NormOptions {
 export function layerNormalize(x: Tensor, opts: NormOptions = {}): Tensor {
   checkX("layerNorm", x);
   const axis = normAxis("layerNorm", opts.axis ?? -1, x.ndim);
-  const xc = ops.sub(x, ops.mean(x, { axis, keepdims: true }));
-  const v = ops.mean(ops.mul(xc, xc), { axis, keepdims: true });
-  return ops.mul(xc, ops.rsqrt(ops.add(v, opts.eps ?? 1e-5)));
+  const eps = opts.eps ?? 1e-5;
+  if (!(typeof eps === "number" && eps >= 0)) {
+    throw new DifflabError(`layerNorm: eps must be a number >= 0, got ${eps}`);
+  }
+  // One fused row primitive over the last axis; other axes are moved there and back (views).
+  if (axis === x.ndim - 1) return bind("layerNorm", [x], { eps })[0];
+  return ops.swapaxes(bind("layerNorm", [ops.swapaxes(x, axis, -1)], { eps })[0], axis, -1);
 }
 
 /** Configuration of {@link layerNorm}. */

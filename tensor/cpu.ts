@@ -313,6 +313,21 @@ const kernels: { [P in Prim]: Kernel<P> } = {
   geluTanh: unaryK("geluTanh"),
   geluGrad: unaryK("geluGrad"),
   geluTanhGrad: unaryK("geluTanhGrad"),
+  layerNorm: (ins, _a, p, out) => {
+    const x = contig(ins[0]);
+    const shape = out[0].shape, R = shape[shape.length - 1];
+    const y = allocHost(out[0].dtype, x.length);
+    for (let o = 0; o < x.length; o += R) {
+      let s = 0;
+      for (let j = 0; j < R; j++) s += x[o + j];
+      const mean = s / R;
+      let v = 0;
+      for (let j = 0; j < R; j++) v += (x[o + j] - mean) ** 2;
+      const r = 1 / Math.sqrt(v / R + p.eps);
+      for (let j = 0; j < R; j++) y[o + j] = (x[o + j] - mean) * r;
+    }
+    return [fresh(y, shape)];
+  },
   softmax: (ins, _a, _p, out) => {
     const x = contig(ins[0]);
     const shape = out[0].shape, R = shape[shape.length - 1];

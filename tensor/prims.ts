@@ -77,6 +77,8 @@ export interface ParamsOf {
   geluGrad: Empty;
   /** Elementwise derivative of `geluTanh`. */
   geluTanhGrad: Empty;
+  /** `(x − mean)/√(var + eps)` along the last axis, biased variance (LayerNorm without affine), one pass per row. */
+  layerNorm: { readonly eps: number };
   /** Softmax along the last axis, stabilised by the row maximum (one pass per row, saves only y). */
   softmax: Empty;
   /** Elementwise a + b (same shapes). */
@@ -262,6 +264,13 @@ export const shapeRules: { [P in Prim]: ShapeRule<P> } = {
   geluTanh: unaryFloat("geluTanh"),
   geluGrad: unaryFloat("geluGrad"),
   geluTanhGrad: unaryFloat("geluTanhGrad"),
+  layerNorm: (ins, p) => {
+    arity("layerNorm", ins, 1);
+    if (!isFloat(ins[0].dtype)) throw new DTypeError(`layerNorm: needs a floating-point operand, got ${ins[0].dtype}`);
+    if (ins[0].shape.length === 0) throw new ShapeError("layerNorm: needs at least one axis, got a scalar");
+    if (!(p.eps >= 0)) throw new ShapeError(`layerNorm: eps must be a number >= 0, got ${p.eps}`);
+    return [{ shape: ins[0].shape, dtype: ins[0].dtype }];
+  },
   softmax: (ins) => {
     arity("softmax", ins, 1);
     if (!isFloat(ins[0].dtype)) throw new DTypeError(`softmax: needs a floating-point operand, got ${ins[0].dtype}`);

@@ -157,6 +157,19 @@ const cases: { [P in Prim]: Case } = {
     const fd = d.div(d.sub(d.geluTanh(d.add(x, h)), d.geluTanh(d.sub(x, h))), 2 * h);
     assertClose(vals(d.geluTanhGrad(x)), vals(fd), 1e-7, 1e-8, "geluTanhGrad");
   },
+  layerNorm: (rng) => {
+    const x = randT(rng, rng.shape(1, 4), -3, 3);
+    const eps = rng.bool() ? 1e-6 : rng.real(0.01, 1);
+    const f = (t: Tensor) => bind("layerNorm", [t], { eps })[0];
+    checkGrad(maybeView(rng, x, f), [x]);
+    // Against the definition, and through nn.layerNormalize on any axis.
+    const mean = (t: Tensor) => d.mean(t, { axis: -1, keepdims: true });
+    const xc = d.sub(x, mean(x));
+    const ref = d.div(xc, d.sqrt(d.add(mean(d.mul(xc, xc)), eps)));
+    assertClose(vals(f(x)), vals(ref), 1e-12, 1e-12, "layerNorm");
+    const axis = rng.int(0, x.ndim - 1);
+    checkGrad((t) => d.mul(d.nn.layerNormalize(t, { axis, eps }), d.sin(t)), [x]);
+  },
   softmax: (rng) => {
     const x = randT(rng, rng.shape(1, 4), -3, 3);
     const axis = rng.int(-x.ndim, x.ndim - 1);
@@ -352,6 +365,7 @@ const smooth: [string, (x: Tensor) => Tensor, number, number][] = [
   ["geluGrad", d.geluGrad, -3, 3],
   ["geluTanhGrad", d.geluTanhGrad, -3, 3],
   ["softmax", (x) => d.mul(d.softmax(x, -1), d.sin(x)), -2, 2],
+  ["layerNorm", (x) => d.mul(d.nn.layerNormalize(x, { eps: 0.1 }), d.sin(x)), -2, 2],
   ["pow", (x) => d.pow(x, d.add(d.mul(x, 0.5), 1)), 0.3, 2],
   ["div", (x) => d.div(d.sin(x), d.add(d.mul(x, x), 1)), -2, 2],
   ["cumprod", (x) => d.cumprod(x, -1), 0.5, 1.5],

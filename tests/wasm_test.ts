@@ -186,11 +186,11 @@ function check<P extends Prim>(
   prim: P,
   ops: Operand[],
   params: ParamsOf[P],
-  tol: { sumScale?: boolean; exact?: boolean } = {},
+  tol: { sumScale?: boolean; exact?: boolean; scale?: ArrayLike<number> } = {},
 ) {
   exercised.add(prim);
   const ref = runOn(cpu, prim, ops, params);
-  const scale = tol.sumScale ? runOn(cpu, prim, absOps(ops), params).v : null;
+  const scale = tol.scale ?? (tol.sumScale ? runOn(cpu, prim, absOps(ops), params).v : null);
   const exact = tol.exact || !isFloat(ref.aval.dtype);
   for (const [name, b] of WASMS) {
     const before = b.liveBuffers();
@@ -680,6 +680,36 @@ Deno.test("wasm softmax matches cpu (rows of every length, views, f32 and f64, m
   shifted.data[9] = NaN;
   check("softmax", [shifted], {});
 });
+
+Deno.test("wasm layerNorm matches cpu (rows of every length, views, f32 and f64, constant rows)", () => {
+  prop((rng) => {
+    const shape = shapeOf(rng, 3);
+    if (shape.length === 0) shape.push(rng.int(1, 40));
+    const dt: DType = rng.bool(0.8) ? "f32" : "f64";
+    const o = operand(rng, dt, shape, { lo: -10, hi: 10 });
+    // A constant row has zero variance: the output is 0 (x − mean is exactly 0).
+    if (rng.bool(0.2)) o.data.fill(3.5);
+    const eps = rng.bool() ? 1e-6 : 0.1;
+    check("layerNorm", [o], { eps }, { scale: lnScale(o, eps) });
+  });
+  const rng = new Rng(12);
+  const big = operand(rng, "f32", [211, 1029], { lo: 100, hi: 102, views: false });
+  check("layerNorm", [big], { eps: 1e-5 }, { scale: lnScale(big, 1e-5) });
+});
+
+/** f32 rounds x − mean to ulps of max|x|: LayerNorm's error scale is |y| + max|x|/σ per row. */
+function lnScale(o: Operand, eps: number): Float64Array {
+  const x = runOn(cpu, "neg", [o], {}).v, R = o.shape[o.shape.length - 1];
+  const scale = new Float64Array(x.length);
+  for (let r0 = 0; r0 < x.length; r0 += R) {
+    const row = Array.from(x.subarray(r0, r0 + R), Number);
+    const m = row.reduce((a, b) => a + b, 0) / R;
+    const sd = Math.sqrt(row.reduce((a, b) => a + (b - m) ** 2, 0) / R + eps);
+    const big = row.reduce((a, b) => Math.max(a, Math.abs(b)), 0) / sd;
+    row.forEach((v, j) => (scale[r0 + j] = Math.abs((v - m) / sd) + big));
+  }
+  return scale;
+}
 
 // ---------------------------------------------------------------- PRNG
 

@@ -268,6 +268,15 @@ prop(["softmax"], "softmax over the last axis (views, masked entries, long rows)
   });
 });
 
+prop(["layerNorm"], "layerNorm over the last axis (views, eps, long rows)", async (rng) => {
+  const s = shapeOf(rng, 1, 4, 12);
+  if (rng.bool(0.2)) s[s.length - 1] = rng.int(300, 1500);
+  const eps = rng.bool() ? 1e-6 : 0.1;
+  await same(`layerNorm ${JSON.stringify(s)}`, (t) => bind("layerNorm", [t], { eps })[0], [
+    input(rng, s, "f32", genReal(-5, 5, 0.01)),
+  ], { rtol: 1e-4, atol: 2e-5 });
+});
+
 prop(["sum", "max", "argmax"], "long reductions (two-pass)", async (rng) => {
   const s = [rng.int(1, 3), rng.int(300, 3000)];
   const x = input(rng, s, "f32", genReal(-1, 1, 0.001), 3);

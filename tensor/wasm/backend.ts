@@ -14,7 +14,7 @@
  * the same memory with the cpu backend's exact semantics.
  */
 import type { Backend, Handle } from "../backend.ts";
-import { softmaxVia } from "../composite.ts";
+import { layerNormVia, softmaxVia } from "../composite.ts";
 import { geluTanhGrad } from "../cpu.ts";
 import type { DType, TypedArray } from "../dtype.ts";
 import { DifflabError, DTypeError, fmtShape, ShapeError } from "../errors.ts";
@@ -620,6 +620,23 @@ class WasmBackend implements Backend, WasmExtras {
 
   // ------------------------------------------------------------ reductions
 
+  /** LayerNorm over the last axis: one fused row kernel for f32, the composite elsewhere. */
+  #layerNorm(h: WHandle, aval: Aval, out: Aval, eps: number): WHandle {
+    if (aval.dtype !== "f32") return layerNormVia(this, h, aval, eps) as WHandle;
+    const y = this.#fresh("f32", out.shape);
+    const n = size(out.shape);
+    if (n === 0) return y;
+    const R = out.shape[out.shape.length - 1], K = n / R;
+    const x = this.#contig(h);
+    const T = this.rt.threads;
+    const par = n >= PAR_MIN && T > 1 && K > 1;
+    const rowsPer = par ? Math.max(1, ceilDiv(K, 8 * T)) : K;
+    const a = this.rt.args([this.#addr(x), y.st.ptr, K, R, rowsPer], [eps, 1 / R]);
+    this.rt.run("layernorm_f32", a, ceilDiv(K, rowsPer), par);
+    this.#drop(x.st);
+    return y;
+  }
+
   /** Row softmax over the last axis: one fused kernel for f32, the composite elsewhere. */
   #softmax(h: WHandle, aval: Aval, out: Aval): WHandle {
     if (aval.dtype !== "f32") return softmaxVia(this, h, aval) as WHandle;
@@ -1209,6 +1226,7 @@ class WasmBackend implements Backend, WasmExtras {
       geluTanh: this.#unary("geluTanh"),
       geluGrad: this.#unary("geluGrad"),
       geluTanhGrad: this.#unary("geluTanhGrad"),
+      layerNorm: (ins, inAvals, p, out) => [this.#layerNorm(ins[0], inAvals[0], out[0], p.eps)],
       softmax: (ins, inAvals, _p, out) => [this.#softmax(ins[0], inAvals[0], out[0])],
       add: this.#binary("add"),
       sub: this.#binary("sub"),

@@ -944,6 +944,127 @@ function softmaxRows(relaxed: boolean, table: ConstTable): FuncDef {
   return { name: "softmax_f32", params: KPARAMS, locals: [...locals, ...m.locals], body };
 }
 
+/** Horizontal sum of the f32x4 in local `v` (left on the stack as f32). */
+const hsum = (v: string) =>
+  `local.get ${v} f32x4.extract_lane 0 local.get ${v} f32x4.extract_lane 1 f32.add
+   local.get ${v} f32x4.extract_lane 2 local.get ${v} f32x4.extract_lane 3 f32.add f32.add`;
+
+/**
+ * LayerNorm (no affine) of each row of a contiguous f32 [K, R] array: mean, then the
+ * variance of the centred row (two passes, no cancellation), then one scaling pass.
+ * args: x, y, K, R, rowsPer, eps (f32), 1/R (f32); chunk c handles rows [c*rowsPer, (c+1)*rowsPer).
+ */
+function layerNormRows(relaxed: boolean, table: ConstTable): FuncDef {
+  const m = new MathCtx(relaxed, table);
+  const names = ["x", "y", "K", "R", "rowsPer"];
+  const locals: [string, ValType][] = names.map((n) => [n, "i32"]);
+  locals.push(
+    ["k", "i32"],
+    ["k1", "i32"],
+    ["px", "i32"],
+    ["p", "i32"],
+    ["q", "i32"],
+    ["pe", "i32"],
+    ["pv", "i32"],
+    ["a0", "v128"],
+    ["a1", "v128"],
+    ["a2", "v128"],
+    ["a3", "v128"],
+    ["mv", "v128"],
+    ["rv", "v128"],
+    ["d", "f32"],
+    ["s", "f32"],
+    ["s1", "f32"],
+    ["mean", "f32"],
+    ["r", "f32"],
+    ["eps", "f32"],
+    ["invR", "f32"],
+  );
+  // Two accumulators per pass: the adds of a row are a dependency chain otherwise.
+  let body = names.map((n, i) => arg(n, i)).join("");
+  body += `
+    local.get $args f32.load offset=20 local.set $eps
+    local.get $args f32.load offset=24 local.set $invR
+    local.get $chunk local.get $rowsPer i32.mul local.tee $k local.get $rowsPer i32.add local.tee $k1
+    local.get $K local.get $k1 local.get $K i32.lt_u select local.set $k1
+    block $kd loop $kl
+      local.get $k local.get $k1 i32.ge_u br_if $kd
+      local.get $x local.get $k local.get $R i32.mul i32.const 2 i32.shl i32.add local.tee $px
+      local.get $R i32.const 2 i32.shl i32.add local.set $pe
+      local.get $pe local.get $px i32.sub i32.const -32 i32.and local.get $px i32.add local.set $pv
+      ;; pass 1: the mean
+      ${c4(0)} local.tee $a0 local.set $a1
+      local.get $px local.set $p
+      block $d1 loop $l1
+        local.get $p local.get $pv i32.ge_u br_if $d1
+        local.get $a0 local.get $p v128.load f32x4.add local.set $a0
+        local.get $a1 local.get $p v128.load offset=16 f32x4.add local.set $a1
+        local.get $p i32.const 32 i32.add local.set $p
+        br $l1
+      end end
+      local.get $a0 local.get $a1 f32x4.add local.set $a0
+      ${hsum("$a0")} local.set $s
+      block $t1 loop $u1
+        local.get $p local.get $pe i32.ge_u br_if $t1
+        local.get $s local.get $p f32.load f32.add local.set $s
+        local.get $p i32.const 4 i32.add local.set $p
+        br $u1
+      end end
+      local.get $s local.get $invR f32.mul local.tee $mean f32x4.splat local.set $mv
+      ;; pass 2: Σd and Σd² of the centred row d = x − mean; Σd corrects the f32 mean (Björck)
+      ${c4(0)} local.tee $a0 local.tee $a1 local.tee $a2 local.set $a3
+      local.get $px local.set $p
+      block $d2 loop $l2
+        local.get $p local.get $pv i32.ge_u br_if $d2
+        local.get $p v128.load local.get $mv f32x4.sub local.tee $rv local.get $rv
+        ${m.relaxed ? "local.get $a0 f32x4.relaxed_madd" : "f32x4.mul local.get $a0 f32x4.add"} local.set $a0
+        local.get $a2 local.get $rv f32x4.add local.set $a2
+        local.get $p v128.load offset=16 local.get $mv f32x4.sub local.tee $rv local.get $rv
+        ${m.relaxed ? "local.get $a1 f32x4.relaxed_madd" : "f32x4.mul local.get $a1 f32x4.add"} local.set $a1
+        local.get $a3 local.get $rv f32x4.add local.set $a3
+        local.get $p i32.const 32 i32.add local.set $p
+        br $l2
+      end end
+      local.get $a0 local.get $a1 f32x4.add local.set $a0
+      local.get $a2 local.get $a3 f32x4.add local.set $a2
+      ${hsum("$a0")} local.set $s
+      ${hsum("$a2")} local.set $s1
+      block $t2 loop $u2
+        local.get $p local.get $pe i32.ge_u br_if $t2
+        local.get $p f32.load local.get $mean f32.sub local.tee $d local.get $d f32.mul local.get $s f32.add local.set $s
+        local.get $s1 local.get $d f32.add local.set $s1
+        local.get $p i32.const 4 i32.add local.set $p
+        br $u2
+      end end
+      ;; var = (Σd² − (Σd)²/R)/R, clamped at 0; mean += Σd/R
+      local.get $s local.get $s1 local.get $s1 f32.mul local.get $invR f32.mul f32.sub local.get $invR f32.mul
+      f32.const 0 f32.max local.get $eps f32.add f32.sqrt local.set $d
+      f32.const 1 local.get $d f32.div local.tee $r f32x4.splat local.set $rv
+      local.get $mean local.get $s1 local.get $invR f32.mul f32.add local.tee $mean f32x4.splat local.set $mv
+      ;; pass 3: (x - mean) * rstd into y
+      local.get $px local.set $p
+      local.get $y local.get $px local.get $x i32.sub i32.add local.set $q
+      block $d3 loop $l3
+        local.get $p local.get $pv i32.ge_u br_if $d3
+        local.get $q local.get $p v128.load local.get $mv f32x4.sub local.get $rv f32x4.mul v128.store
+        local.get $q local.get $p v128.load offset=16 local.get $mv f32x4.sub local.get $rv f32x4.mul v128.store offset=16
+        local.get $p i32.const 32 i32.add local.set $p
+        local.get $q i32.const 32 i32.add local.set $q
+        br $l3
+      end end
+      block $t3 loop $u3
+        local.get $p local.get $pe i32.ge_u br_if $t3
+        local.get $q local.get $p f32.load local.get $mean f32.sub local.get $r f32.mul f32.store
+        local.get $p i32.const 4 i32.add local.set $p
+        local.get $q i32.const 4 i32.add local.set $q
+        br $u3
+      end end
+      local.get $k i32.const 1 i32.add local.set $k
+      br $kl
+    end end`;
+  return { name: "layernorm_f32", params: KPARAMS, locals: [...locals, ...m.locals], body };
+}
+
 /** log2 of the per-thread scratch size (must match runtime.SCRATCH_BYTES). */
 export const SCRATCH_STRIDE_LOG = 20;
 
@@ -956,6 +1077,7 @@ export function basicKernels(relaxed: boolean, table: ConstTable): FuncDef[] {
     copyKernel(8),
     copyTKernel(),
     softmaxRows(relaxed, table),
+    layerNormRows(relaxed, table),
   ];
   for (const op of ["sum", "max"] as const) {
     for (const dt of ["f32", "i32", "u32"] as const) {
