@@ -5,6 +5,7 @@
  * works wherever the ops used here have rules.
  */
 import { isFloat } from "../tensor/dtype.ts";
+import { DifflabError } from "../tensor/errors.ts";
 import * as ops from "../tensor/ops.ts";
 import type { ParamsOf, Prim } from "../tensor/prims.ts";
 import { bind, type Tensor } from "../tensor/tensor.ts";
@@ -89,6 +90,11 @@ export const vjpRules: { [P in Prim]: VjpRule<P> } = {
     const xc = ops.sub(x, mean(x));
     const rstd = ops.rsqrt(ops.add(mean(ops.mul(xc, xc)), p.eps));
     return [ops.mul(rstd, ops.sub(ops.sub(ct!, mean(ct!)), ops.mul(y, mean(ops.mul(ct!, y)))))];
+  },
+  adamw: () => {
+    throw new DifflabError(
+      "adamw: the fused optimiser step has no VJP (nn.adamw.update falls back to differentiable ops under a trace)",
+    );
   },
   // y·(g − Σ g·y) along the row
   softmax: (_p, _i, [y], [ct]) => [
@@ -254,6 +260,7 @@ export const savedRules: { [P in Prim]: SaveRule } = {
   geluGrad: inOnly,
   geluTanhGrad: inOnly,
   layerNorm: inOut,
+  adamw: none,
   softmax: outOnly,
   add: none,
   sub: none,

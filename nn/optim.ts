@@ -13,7 +13,8 @@ import { clampMax } from "./attention.ts";
 import { isFloat } from "../tensor/dtype.ts";
 import { DifflabError, fmtShape, ShapeError } from "../tensor/errors.ts";
 import * as ops from "../tensor/ops.ts";
-import { alias, Tensor, tidy } from "../tensor/tensor.ts";
+import { shapeEq } from "../tensor/shape.ts";
+import { alias, bind, Tensor, tidy, tracers } from "../tensor/tensor.ts";
 import { namedLeaves } from "./tree.ts";
 
 /** A learning-rate schedule: optimiser step count (0 for the first update) to learning rate. */
@@ -154,8 +155,24 @@ export function adamwUpdate(
     if (g === null || !isFloat(p.dtype)) return new Tuple([p, m, v]);
     checkGrad(op, path, p, g);
     if (m === null || v === null) throw new DifflabError(`${op}: state has no moments for "${path}"`);
+    const decay = wd !== 0 && (cfg.decayMask?.(path) ?? true);
+    // Outside autodiff one fused primitive reads p, g, m, v once and writes p', m', v' once.
+    const four = [p, g, m, v] as Tensor[];
+    const uniform = four.every((t) => t.dtype === p.dtype && t.backend === p.backend && shapeEq(t.shape, p.shape));
+    if (uniform && !tracers.some((tr) => four.some((t) => tr.tracks(t)))) {
+      const q = {
+        b1,
+        c1: 1 - b1,
+        b2,
+        c2: 1 - b2,
+        bc2: bc2Sqrt,
+        eps,
+        decay: decay ? 1 - lr * wd : 1,
+        negStep: -stepSize,
+      };
+      return new Tuple(bind("adamw", four, q));
+    }
     return new Tuple(tidy(() => {
-      const decay = wd !== 0 && (cfg.decayMask?.(path) ?? true);
       const p1 = decay ? ops.mul(p, 1 - lr * wd) : p;
       const m1 = ops.add(ops.mul(m, b1), ops.mul(g, 1 - b1));
       const v1 = ops.add(ops.mul(v, b2), ops.mul(ops.mul(g, g), 1 - b2));

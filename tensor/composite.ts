@@ -66,3 +66,24 @@ export function layerNormVia(be: Backend, x: Handle, aval: Aval, eps: number): H
   const [y] = b.run("mul", [xc, bc(rstd)], {});
   return b.finish(y);
 }
+
+/** One AdamW step (the `adamw` primitive) as elementwise primitives on `be`. */
+export function adamwVia(be: Backend, hs: Handle[], aval: Aval, q: ParamsOf["adamw"]): Handle[] {
+  const b = new Builder(be);
+  const [p, g, m, v] = hs.map((h): [Handle, Aval] => [h, aval]);
+  const c = (x: number): [Handle, Aval] => {
+    const a: Aval = { shape: [], dtype: aval.dtype };
+    const h = be.fromHost(allocHost(aval.dtype, 1).fill(x), a);
+    b.temps.push(h);
+    return b.run("broadcast", [[h, a]], { shape: aval.shape });
+  };
+  const mul = (x: [Handle, Aval], y: [Handle, Aval]) => b.run("mul", [x, y], {});
+  const add = (x: [Handle, Aval], y: [Handle, Aval]) => b.run("add", [x, y], {});
+  const m1 = add(mul(m, c(q.b1)), mul(g, c(q.c1)));
+  const v1 = add(mul(v, c(q.b2)), mul(mul(g, g), c(q.c2)));
+  const den = add(b.run("div", [b.run("sqrt", [v1], {}), c(q.bc2)], {}), c(q.eps));
+  const p1 = add(mul(p, c(q.decay)), mul(b.run("div", [m1, den], {}), c(q.negStep)));
+  const out = [p1[0], m1[0], v1[0]];
+  for (const t of b.temps) if (!out.includes(t)) be.release(t);
+  return out;
+}

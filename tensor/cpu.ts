@@ -328,6 +328,23 @@ const kernels: { [P in Prim]: Kernel<P> } = {
     }
     return [fresh(y, shape)];
   },
+  adamw: (ins, _a, q, out) => {
+    const [p, g, m, v] = ins.map(contig);
+    const dt = out[0].dtype, n = p.length;
+    const po = allocHost(dt, n), mo = allocHost(dt, n), vo = allocHost(dt, n);
+    // Each step rounds to the dtype like the composite of primitives it replaces.
+    const r = dt === "f32" ? Math.fround : dt === "f16" ? Math.f16round : (x: number) => x;
+    for (let i = 0; i < n; i++) {
+      const m1 = r(r(m[i] * q.b1) + r(g[i] * q.c1));
+      const v1 = r(r(v[i] * q.b2) + r(r(g[i] * g[i]) * q.c2));
+      const den = r(r(r(Math.sqrt(v1)) / q.bc2) + q.eps);
+      po[i] = r(p[i] * q.decay) + r(r(m1 / den) * q.negStep);
+      mo[i] = m1;
+      vo[i] = v1;
+    }
+    const s = out[0].shape;
+    return [fresh(po, s), fresh(mo, s), fresh(vo, s)];
+  },
   softmax: (ins, _a, _p, out) => {
     const x = contig(ins[0]);
     const shape = out[0].shape, R = shape[shape.length - 1];

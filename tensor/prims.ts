@@ -79,6 +79,21 @@ export interface ParamsOf {
   geluTanhGrad: Empty;
   /** `(x − mean)/√(var + eps)` along the last axis, biased variance (LayerNorm without affine), one pass per row. */
   layerNorm: { readonly eps: number };
+  /**
+   * One AdamW step on `[p, g, m, v]` (same shape and float dtype) giving `[p', m', v']`:
+   * m' = b1·m + c1·g, v' = b2·v + c2·g², p' = p·decay + (m' / (√v'/bc2 + eps))·negStep.
+   * Optimiser state is never differentiated: it has no VJP.
+   */
+  adamw: {
+    readonly b1: number;
+    readonly c1: number;
+    readonly b2: number;
+    readonly c2: number;
+    readonly bc2: number;
+    readonly eps: number;
+    readonly decay: number;
+    readonly negStep: number;
+  };
   /** Softmax along the last axis, stabilised by the row maximum (one pass per row, saves only y). */
   softmax: Empty;
   /** Elementwise a + b (same shapes). */
@@ -270,6 +285,16 @@ export const shapeRules: { [P in Prim]: ShapeRule<P> } = {
     if (ins[0].shape.length === 0) throw new ShapeError("layerNorm: needs at least one axis, got a scalar");
     if (!(p.eps >= 0)) throw new ShapeError(`layerNorm: eps must be a number >= 0, got ${p.eps}`);
     return [{ shape: ins[0].shape, dtype: ins[0].dtype }];
+  },
+  adamw: (ins) => {
+    arity("adamw", ins, 4);
+    if (!isFloat(ins[0].dtype)) throw new DTypeError(`adamw: needs floating-point parameters, got ${ins[0].dtype}`);
+    for (let i = 1; i < 4; i++) {
+      sameShapes("adamw", ins[0], ins[i]);
+      sameDtypes("adamw", ins[0], ins[i]);
+    }
+    const a = { shape: ins[0].shape, dtype: ins[0].dtype };
+    return [a, a, a];
   },
   softmax: (ins) => {
     arity("softmax", ins, 1);

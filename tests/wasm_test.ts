@@ -711,6 +711,51 @@ function lnScale(o: Operand, eps: number): Float64Array {
   return scale;
 }
 
+Deno.test("wasm adamw matches cpu on all three outputs (f32 fused pass, f64 composite, views, parallel sizes)", () => {
+  exercised.add("adamw");
+  const runAll = (b: Backend, ops: Operand[], q: ParamsOf["adamw"]) => {
+    const ins = ops.map((o) => materialise(b, o));
+    const avals = ins.map((x) => x[1]);
+    const outs = b.run("adamw", ins.map((x) => x[0]), avals, q, shapeRules.adamw(avals, q));
+    const v = outs.map((h) => b.readSync!(h, avals[0]));
+    outs.forEach((h) => b.release(h));
+    ins.forEach(([h]) => b.release(h));
+    return v;
+  };
+  prop((rng) => {
+    const big = rng.bool(0.1);
+    const shape = big ? [rng.int(100, 300), 257] : shapeOf(rng);
+    const dt: DType = rng.bool(0.8) ? "f32" : "f64";
+    const ops = [0, 1, 2, 3].map((k) => operand(rng, dt, shape, { lo: k === 3 ? 0 : -2, hi: 2, views: !big }));
+    const b1 = rng.real(0.5, 0.99), b2 = rng.real(0.9, 0.9999), t = rng.int(1, 1000);
+    const q = {
+      b1,
+      c1: 1 - b1,
+      b2,
+      c2: 1 - b2,
+      bc2: Math.sqrt(1 - b2 ** t),
+      eps: rng.bool() ? 1e-8 : 1e-3,
+      decay: rng.bool() ? 1 : 1 - 1e-4,
+      negStep: -rng.real(1e-5, 1e-2) / (1 - b1 ** t),
+    };
+    const want = runAll(cpu, ops, q);
+    for (const [name, b] of WASMS) {
+      const before = b.liveBuffers();
+      const got = runAll(b, ops, q);
+      assert.equal(b.liveBuffers(), before, `adamw (${name}) leaked`);
+      got.forEach((g, k) => {
+        for (let i = 0; i < g.length; i++) {
+          const r = Number(want[k][i]), x = Number(g[i]);
+          assert.ok(
+            Math.abs(r - x) <= 1e-6 + 1e-5 * Math.abs(r),
+            `adamw output ${k} (${name}, ${dt}) [${i}]: wasm ${x} vs cpu ${r}`,
+          );
+        }
+      });
+    }
+  }, 30);
+});
+
 // ---------------------------------------------------------------- PRNG
 
 Deno.test("wasm random bits and uniforms are bit-identical to cpu", () => {

@@ -277,6 +277,18 @@ prop(["layerNorm"], "layerNorm over the last axis (views, eps, long rows)", asyn
   ], { rtol: 1e-4, atol: 2e-5 });
 });
 
+prop(["adamw"], "adamw step (all three outputs)", async (rng) => {
+  const s = shapeOf(rng, 0, 3);
+  const q = { b1: 0.9, c1: 0.1, b2: 0.999, c2: 0.001, bc2: 0.03, eps: 1e-8, decay: 1 - 1e-4, negStep: -1e-3 };
+  const gens = [genReal(-2, 2, 0), genReal(-2, 2, 0), genReal(-2, 2, 0), genReal(0, 2, 0)];
+  await same(
+    `adamw ${JSON.stringify(s)}`,
+    (p, g, m, v) => d.stack(bind("adamw", [p, g, m, v], q)),
+    gens.map((gen) => input(rng, s, "f32", gen)),
+    { rtol: 1e-5, atol: 1e-6 },
+  );
+});
+
 prop(["sum", "max", "argmax"], "long reductions (two-pass)", async (rng) => {
   const s = [rng.int(1, 3), rng.int(300, 3000)];
   const x = input(rng, s, "f32", genReal(-1, 1, 0.001), 3);

@@ -14,7 +14,7 @@
  * the same memory with the cpu backend's exact semantics.
  */
 import type { Backend, Handle } from "../backend.ts";
-import { layerNormVia, softmaxVia } from "../composite.ts";
+import { adamwVia, layerNormVia, softmaxVia } from "../composite.ts";
 import { geluTanhGrad } from "../cpu.ts";
 import type { DType, TypedArray } from "../dtype.ts";
 import { DifflabError, DTypeError, fmtShape, ShapeError } from "../errors.ts";
@@ -619,6 +619,24 @@ class WasmBackend implements Backend, WasmExtras {
   }
 
   // ------------------------------------------------------------ reductions
+
+  /** One AdamW step: one pass reading p, g, m, v and writing p', m', v' (f32); the composite elsewhere. */
+  #adamw(ins: WHandle[], aval: Aval, q: ParamsOf["adamw"]): WHandle[] {
+    if (aval.dtype !== "f32") return adamwVia(this, ins, aval, q) as WHandle[];
+    const outs = [0, 1, 2].map(() => this.#fresh("f32", aval.shape));
+    const n = size(aval.shape);
+    if (n === 0) return outs;
+    const xs = ins.map((h) => this.#contig(h));
+    const par = n >= PAR_MIN && this.rt.threads > 1;
+    const len = par ? roundUp(Math.min(EW_CHUNK * 4, ceilDiv(n, 4 * this.rt.threads)), 4) : n;
+    const a = this.rt.args(
+      [...xs.map((h) => this.#addr(h)), ...outs.map((o) => o.st.ptr), n, len],
+      [q.b1, q.c1, q.b2, q.c2, q.bc2, q.eps, q.decay, q.negStep],
+    );
+    this.rt.run("adamw_f32", a, ceilDiv(n, len), par);
+    for (const h of xs) this.#drop(h.st);
+    return outs;
+  }
 
   /** LayerNorm over the last axis: one fused row kernel for f32, the composite elsewhere. */
   #layerNorm(h: WHandle, aval: Aval, out: Aval, eps: number): WHandle {
@@ -1227,6 +1245,7 @@ class WasmBackend implements Backend, WasmExtras {
       geluGrad: this.#unary("geluGrad"),
       geluTanhGrad: this.#unary("geluTanhGrad"),
       layerNorm: (ins, inAvals, p, out) => [this.#layerNorm(ins[0], inAvals[0], out[0], p.eps)],
+      adamw: (ins, inAvals, p) => this.#adamw(ins, inAvals[0], p),
       softmax: (ins, inAvals, _p, out) => [this.#softmax(ins[0], inAvals[0], out[0])],
       add: this.#binary("add"),
       sub: this.#binary("sub"),

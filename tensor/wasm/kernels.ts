@@ -1065,6 +1065,61 @@ function layerNormRows(relaxed: boolean, table: ConstTable): FuncDef {
   return { name: "layernorm_f32", params: KPARAMS, locals: [...locals, ...m.locals], body };
 }
 
+/**
+ * One AdamW step over contiguous f32 arrays, in the primitive's operation order (no FMA, so
+ * it rounds like the composite). args: p, g, m, v, po, mo, vo, n, chunkLen, then f32
+ * b1, c1, b2, c2, bc2, eps, decay, negStep; chunk c handles [c*chunkLen, (c+1)*chunkLen).
+ */
+function adamwKernel(): FuncDef {
+  const names = ["p", "g", "m", "v", "po", "mo", "vo", "n", "len"];
+  const fl = ["b1", "c1", "b2", "c2", "bc2", "eps", "decay", "neg"];
+  const locals: [string, ValType][] = names.map((n) => [n, "i32"]);
+  locals.push(["i", "i32"], ["i1", "i32"], ["iv", "i32"], ["o", "i32"]);
+  for (const f of fl) locals.push([f, "f32"], [`${f}V`, "v128"]);
+  locals.push(["gv", "v128"], ["m1", "v128"], ["v1", "v128"], ["gs", "f32"], ["ms", "f32"], ["vs", "f32"]);
+  let body = names.map((n, i) => arg(n, i)).join("");
+  fl.forEach((f, k) => {
+    body += `local.get $args f32.load offset=${4 * (names.length + k)} local.tee $${f} f32x4.splat local.set $${f}V
+`;
+  });
+  const at = (base: string) => `local.get $${base} local.get $o i32.add`;
+  // step(vec): the same expression in vector (f32x4) or scalar (f32) form
+  const step = (T: "f32x4" | "f32", load: string, store: string, sfx: string, g: string, m1: string, v1: string) => `
+        ${at("g")} ${load} local.set ${g}
+        ${
+    at("m")
+  } ${load} local.get $b1${sfx} ${T}.mul local.get ${g} local.get $c1${sfx} ${T}.mul ${T}.add local.set ${m1}
+        ${
+    at("v")
+  } ${load} local.get $b2${sfx} ${T}.mul local.get ${g} local.get ${g} ${T}.mul local.get $c2${sfx} ${T}.mul
+        ${T}.add local.set ${v1}
+        ${at("mo")} local.get ${m1} ${store}
+        ${at("vo")} local.get ${v1} ${store}
+        ${at("po")}
+        ${at("p")} ${load} local.get $decay${sfx} ${T}.mul
+        local.get ${m1} local.get ${v1} ${T}.sqrt local.get $bc2${sfx} ${T}.div local.get $eps${sfx} ${T}.add ${T}.div
+        local.get $neg${sfx} ${T}.mul ${T}.add ${store}`;
+  body += `
+    local.get $chunk local.get $len i32.mul local.tee $i local.get $len i32.add local.tee $i1
+    local.get $n local.get $i1 local.get $n i32.lt_u select local.tee $i1
+    local.get $i i32.sub i32.const -4 i32.and local.get $i i32.add local.set $iv
+    block $vd loop $vl
+      local.get $i local.get $iv i32.ge_u br_if $vd
+      local.get $i i32.const 2 i32.shl local.set $o
+      ${step("f32x4", "v128.load", "v128.store", "V", "$gv", "$m1", "$v1")}
+      local.get $i i32.const 4 i32.add local.set $i
+      br $vl
+    end end
+    block $sd loop $sl
+      local.get $i local.get $i1 i32.ge_u br_if $sd
+      local.get $i i32.const 2 i32.shl local.set $o
+      ${step("f32", "f32.load", "f32.store", "", "$gs", "$ms", "$vs")}
+      local.get $i i32.const 1 i32.add local.set $i
+      br $sl
+    end end`;
+  return { name: "adamw_f32", params: KPARAMS, locals, body };
+}
+
 /** log2 of the per-thread scratch size (must match runtime.SCRATCH_BYTES). */
 export const SCRATCH_STRIDE_LOG = 20;
 
@@ -1078,6 +1133,7 @@ export function basicKernels(relaxed: boolean, table: ConstTable): FuncDef[] {
     copyTKernel(),
     softmaxRows(relaxed, table),
     layerNormRows(relaxed, table),
+    adamwKernel(),
   ];
   for (const op of ["sum", "max"] as const) {
     for (const dt of ["f32", "i32", "u32"] as const) {

@@ -18,7 +18,7 @@
  *   lazy or not; free buffers in the pool do not count.
  */
 import type { Backend, Handle } from "../backend.ts";
-import { layerNormVia, softmaxVia } from "../composite.ts";
+import { adamwVia, layerNormVia, softmaxVia } from "../composite.ts";
 import { allocHost, type DType, type TypedArray } from "../dtype.ts";
 import { DifflabError, DTypeError, fmtShape } from "../errors.ts";
 import type { Aval, ParamsOf, Prim } from "../prims.ts";
@@ -458,6 +458,7 @@ export async function createWebGPUBackend(opts: WebGPUOptions = {}): Promise<Web
     geluTanhGrad: unary("geluTanhGrad"),
     // max, then exp(x - m) fused into the sum's prologue, then one fused divide.
     layerNorm: (ins, a, p) => [layerNormVia(backend, ins[0], a[0], p.eps) as GHandle],
+    adamw: (ins, a, p) => adamwVia(backend, ins, a[0], p) as GHandle[],
     softmax: (ins, a) => [softmaxVia(backend, ins[0], a[0]) as GHandle],
     add: unary("add"),
     sub: unary("sub"),
