@@ -250,13 +250,6 @@ function scalarOut(op: string, v: unknown): Tensor {
   return v;
 }
 
-function disposeIntermediates(op: string, trace: Trace, keep: unknown) {
-  const k = new Set(leavesOf(op, keep));
-  for (const node of trace.nodes) {
-    for (const o of node.outputs) if (!k.has(o) && o._traced === 0) o.dispose();
-  }
-}
-
 /** Returns `(...args) => [value, grads]` (or `[[value, aux], grads]` with hasAux). */
 export function valueAndGrad<A extends unknown[]>(f: (...a: A) => Tensor): (...args: A) => [Tensor, A[0]];
 /** With options: `argnums` (number or array) and `hasAux`; results are untyped trees. */
@@ -296,32 +289,26 @@ function valueAndGradOnce<A extends unknown[]>(
   multi: boolean,
   hasAux: boolean,
 ): [unknown, unknown] {
-  {
-    for (const i of argnums) {
-      if (i >= args.length) {
-        throw new DifflabError(`${op}: argnums ${i} is out of range for ${args.length} argument(s)`);
-      }
+  for (const i of argnums) {
+    if (i >= args.length) {
+      throw new DifflabError(`${op}: argnums ${i} is out of range for ${args.length} argument(s)`);
     }
-    const { out, trace, wrapped } = traced(op, f as (...a: unknown[]) => unknown, args, argnums);
-    let value: unknown = out, aux: unknown;
-    if (hasAux) {
-      if (!Array.isArray(out) || out.length !== 2) {
-        throw new DifflabError(`${op}: hasAux needs f to return [value, aux]`);
-      }
-      [value, aux] = out;
-    }
-    const v = scalarOut(op, value);
-    const seeds = new Map<Tensor, Tensor>();
-    if (trace.tracks(v)) seeds.set(v, ops.onesLike(v));
-    // One-shot: intermediates can go as soon as backward is past them (the outputs stay).
-    const g = gradsFor(op, trace, wrapped, argnums, seeds, { keep: new Set(leavesOf(op, out)) });
-    // When f returns an input itself, the seed is that input's gradient: keep it.
-    const gradLeaves = new Set(leavesOf(op, g));
-    for (const s of seeds.values()) if (s._traced === 0 && !gradLeaves.has(s)) s.dispose();
-    const result = multi ? g : g[0];
-    disposeIntermediates(op, trace, [out, result]);
-    return [hasAux ? [v, aux] : v, result];
   }
+  const { out, trace, wrapped } = traced(op, f as (...a: unknown[]) => unknown, args, argnums);
+  let value: unknown = out, aux: unknown;
+  if (hasAux) {
+    if (!Array.isArray(out) || out.length !== 2) {
+      throw new DifflabError(`${op}: hasAux needs f to return [value, aux]`);
+    }
+    [value, aux] = out;
+  }
+  const v = scalarOut(op, value);
+  const seeds = new Map<Tensor, Tensor>();
+  if (trace.tracks(v)) seeds.set(v, ops.onesLike(v));
+  // One-shot: intermediates go as soon as backward is past them; the enclosing tidy (see
+  // valueAndGradOf) releases the seed and everything else f made that is not returned.
+  const g = gradsFor(op, trace, wrapped, argnums, seeds, { keep: new Set(leavesOf(op, out)) });
+  return [hasAux ? [v, aux] : v, multi ? g : g[0]];
 }
 
 /** Returns `(...args) => grads` of a scalar-valued function (with hasAux: `[grads, aux]`). */

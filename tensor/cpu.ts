@@ -97,6 +97,16 @@ export function erf(x: number): number {
   return x < 0 ? -r : r;
 }
 
+/** Exact GELU x·Φ(x) = 0.5·x·(1 + erf(x/√2)). */
+export function gelu(x: number): number {
+  return 0.5 * x * (1 + erf(x * Math.SQRT1_2));
+}
+
+/** Tanh GELU 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+export function geluTanh(x: number): number {
+  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+}
+
 /** d/dx x·Φ(x) = Φ(x) + x·φ(x). */
 export function geluGrad(x: number): number {
   return 0.5 * (1 + erf(x * Math.SQRT1_2)) + x * Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI);
@@ -134,8 +144,8 @@ const UNARY: Record<string, Unary> = {
   sigmoid: (x) => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x))),
   log1p: Math.log1p,
   expm1: Math.expm1,
-  gelu: (x) => 0.5 * x * (1 + erf(x * Math.SQRT1_2)),
-  geluTanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+  gelu,
+  geluTanh,
   geluGrad,
   geluTanhGrad,
 };

@@ -397,9 +397,8 @@ export function logsumexp(x: Tensor, opts: ReduceOptions = {}): Tensor {
 
 /** Softmax along an axis (default last). */
 export function softmax(x: Tensor, axis = -1): Tensor {
-  reduceArgs("softmax", x, { axis }, "float", true);
+  const [a] = reduceArgs("softmax", x, { axis }, "float", true).axes;
   // One fused row primitive over the last axis; other axes are moved there and back (views).
-  const a = normAxis("softmax", axis, x.ndim);
   if (a === x.ndim - 1) return bind("softmax", [x], {})[0];
   return swapaxes(bind("softmax", [swapaxes(x, a, -1)], {})[0], a, -1);
 }

@@ -8,7 +8,7 @@
  * library code over the `broadcast` view), which keeps every kernel simple.
  */
 import { type DType, isFloat } from "./dtype.ts";
-import { DTypeError, fmtShape, ShapeError } from "./errors.ts";
+import { DifflabError, DTypeError, fmtShape, ShapeError } from "./errors.ts";
 import { type Shape, shapeEq, size } from "./shape.ts";
 
 /** Abstract value: what a shape rule knows about a tensor. */
@@ -202,6 +202,14 @@ function sameDtypes(p: string, a: Aval, b: Aval) {
   if (a.dtype !== b.dtype) throw new DTypeError(`${p}: operand dtypes ${a.dtype} and ${b.dtype} differ`);
 }
 
+/** A float operand of rank >= 1 whose last axis is processed row by row (softmax, layerNorm). */
+function rowFloat(p: string, ins: readonly Aval[]): Aval[] {
+  arity(p, ins, 1);
+  if (!isFloat(ins[0].dtype)) throw new DTypeError(`${p}: needs a floating-point operand, got ${ins[0].dtype}`);
+  if (ins[0].shape.length === 0) throw new ShapeError(`${p}: needs at least one axis, got a scalar`);
+  return [{ shape: ins[0].shape, dtype: ins[0].dtype }];
+}
+
 function unaryFloat(p: string): ShapeRule<Prim> {
   return (ins) => {
     arity(p, ins, 1);
@@ -280,11 +288,10 @@ export const shapeRules: { [P in Prim]: ShapeRule<P> } = {
   geluGrad: unaryFloat("geluGrad"),
   geluTanhGrad: unaryFloat("geluTanhGrad"),
   layerNorm: (ins, p) => {
-    arity("layerNorm", ins, 1);
-    if (!isFloat(ins[0].dtype)) throw new DTypeError(`layerNorm: needs a floating-point operand, got ${ins[0].dtype}`);
-    if (ins[0].shape.length === 0) throw new ShapeError("layerNorm: needs at least one axis, got a scalar");
-    if (!(p.eps >= 0)) throw new ShapeError(`layerNorm: eps must be a number >= 0, got ${p.eps}`);
-    return [{ shape: ins[0].shape, dtype: ins[0].dtype }];
+    if (!(typeof p.eps === "number" && p.eps >= 0)) {
+      throw new DifflabError(`layerNorm: eps must be a number >= 0, got ${p.eps}`);
+    }
+    return rowFloat("layerNorm", ins);
   },
   adamw: (ins) => {
     arity("adamw", ins, 4);
@@ -296,12 +303,7 @@ export const shapeRules: { [P in Prim]: ShapeRule<P> } = {
     const a = { shape: ins[0].shape, dtype: ins[0].dtype };
     return [a, a, a];
   },
-  softmax: (ins) => {
-    arity("softmax", ins, 1);
-    if (!isFloat(ins[0].dtype)) throw new DTypeError(`softmax: needs a floating-point operand, got ${ins[0].dtype}`);
-    if (ins[0].shape.length === 0) throw new ShapeError("softmax: needs at least one axis, got a scalar");
-    return [{ shape: ins[0].shape, dtype: ins[0].dtype }];
-  },
+  softmax: (ins) => rowFloat("softmax", ins),
   add: binary("add"),
   sub: binary("sub"),
   mul: binary("mul"),

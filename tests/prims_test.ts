@@ -47,6 +47,17 @@ function binary(
   };
 }
 
+/** `df` is the derivative of `f` (central differences of `f`), and its own VJP checks out. */
+function derivativeCase(df: (x: Tensor) => Tensor, f: (x: Tensor) => Tensor): Case {
+  return (rng) => {
+    unary(df, -4, 4)(rng);
+    const x = randT(rng, rng.shape(1, 3), -5, 5);
+    const h = 1e-5;
+    const fd = d.div(d.sub(f(d.add(x, h)), f(d.sub(x, h))), 2 * h);
+    assertClose(vals(df(x)), vals(fd), 1e-7, 1e-8, "derivative");
+  };
+}
+
 const zeroGrad = (f: (x: Tensor) => Tensor, x: Tensor) => {
   const g = d.grad((y: Tensor) => d.sum(f(y)))(x) as Tensor;
   assert.deepEqual(vals(g), new Array(x.size).fill(0));
@@ -142,21 +153,8 @@ const cases: { [P in Prim]: Case } = {
     const inner = d.mul(d.add(x, d.mul(d.mul(d.mul(x, x), x), 0.044715)), Math.sqrt(2 / Math.PI));
     assertClose(vals(d.geluTanh(x)), vals(d.mul(d.mul(x, 0.5), d.add(d.tanh(inner), 1))), 1e-14, 1e-14, "geluTanh");
   },
-  geluGrad: (rng) => {
-    unary(d.geluGrad, -4, 4)(rng);
-    // It is gelu's derivative: central differences of gelu itself.
-    const x = randT(rng, rng.shape(1, 3), -5, 5);
-    const h = 1e-5;
-    const fd = d.div(d.sub(d.gelu(d.add(x, h)), d.gelu(d.sub(x, h))), 2 * h);
-    assertClose(vals(d.geluGrad(x)), vals(fd), 1e-7, 1e-8, "geluGrad");
-  },
-  geluTanhGrad: (rng) => {
-    unary(d.geluTanhGrad, -4, 4)(rng);
-    const x = randT(rng, rng.shape(1, 3), -5, 5);
-    const h = 1e-5;
-    const fd = d.div(d.sub(d.geluTanh(d.add(x, h)), d.geluTanh(d.sub(x, h))), 2 * h);
-    assertClose(vals(d.geluTanhGrad(x)), vals(fd), 1e-7, 1e-8, "geluTanhGrad");
-  },
+  geluGrad: derivativeCase(d.geluGrad, d.gelu),
+  geluTanhGrad: derivativeCase(d.geluTanhGrad, d.geluTanh),
   layerNorm: (rng) => {
     const x = randT(rng, rng.shape(1, 4), -3, 3);
     const eps = rng.bool() ? 1e-6 : rng.real(0.01, 1);

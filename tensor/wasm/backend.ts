@@ -15,7 +15,7 @@
  */
 import type { Backend, Handle } from "../backend.ts";
 import { adamwVia, layerNormVia, softmaxVia } from "../composite.ts";
-import { geluTanhGrad } from "../cpu.ts";
+import { gelu, geluGrad, geluTanh, geluTanhGrad } from "../cpu.ts";
 import type { DType, TypedArray } from "../dtype.ts";
 import { DifflabError, DTypeError, fmtShape, ShapeError } from "../errors.ts";
 import type { Aval, ConvParams, ParamsOf, Prim } from "../prims.ts";
@@ -225,9 +225,10 @@ const JS_UNARY: Record<string, (x: number) => number> = {
   sigmoid: (x) => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x))),
   log1p: Math.log1p,
   expm1: Math.expm1,
-  gelu: (x) => 0.5 * x * (1 + erf64(x * Math.SQRT1_2)),
-  geluTanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
-  geluGrad: (x) => 0.5 * (1 + erf64(x * Math.SQRT1_2)) + x * Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI),
+  // The f64 path shares the cpu oracle's scalar definitions.
+  gelu,
+  geluTanh,
+  geluGrad,
   geluTanhGrad,
 };
 const JS_BINARY: Record<string, (a: number, b: number) => number> = {
@@ -252,6 +253,9 @@ const JS_CMP: Record<string, (a: number, b: number) => boolean> = {
   eq: (a, b) => a === b,
   ne: (a, b) => a !== b,
 };
+
+/** Unary kernels costly per element (polynomial math), which get smaller parallel chunks. */
+const HEAVY_UNARY = new Set(["exp", "log", "tanh", "sigmoid", "erf", "gelu", "geluTanh", "geluGrad", "geluTanhGrad"]);
 
 const WASM_UNARY: Record<string, readonly string[]> = {
   f32: [
@@ -589,10 +593,7 @@ class WasmBackend implements Backend, WasmExtras {
       const dt = inAvals[0].dtype;
       const x = ins[0];
       if (WASM_UNARY[dt]?.includes(name)) {
-        const heavy = ["exp", "log", "tanh", "sigmoid", "erf", "gelu", "geluTanh", "geluGrad", "geluTanhGrad"].includes(
-          name,
-        );
-        return [this.#ew(name, dt, [x], out[0].dtype, out[0].shape, heavy)];
+        return [this.#ew(name, dt, [x], out[0].dtype, out[0].shape, HEAVY_UNARY.has(name))];
       }
       if ((dt === "i32" || dt === "u32") && (name === "floor" || (name === "abs" && dt === "u32"))) {
         return [this.#contigCopy(x)];
@@ -638,9 +639,11 @@ class WasmBackend implements Backend, WasmExtras {
     return outs;
   }
 
-  /** LayerNorm over the last axis: one fused row kernel for f32, the composite elsewhere. */
-  #layerNorm(h: WHandle, aval: Aval, out: Aval, eps: number): WHandle {
-    if (aval.dtype !== "f32") return layerNormVia(this, h, aval, eps) as WHandle;
+  /**
+   * A fused f32 row kernel over the last axis (args: x, y, K rows, R per row, rows per chunk, then
+   * `floats`); rows are split over the threads when the work is large enough.
+   */
+  #rows(kernel: string, h: WHandle, out: Aval, floats: number[] = []): WHandle {
     const y = this.#fresh("f32", out.shape);
     const n = size(out.shape);
     if (n === 0) return y;
@@ -649,25 +652,7 @@ class WasmBackend implements Backend, WasmExtras {
     const T = this.rt.threads;
     const par = n >= PAR_MIN && T > 1 && K > 1;
     const rowsPer = par ? Math.max(1, ceilDiv(K, 8 * T)) : K;
-    const a = this.rt.args([this.#addr(x), y.st.ptr, K, R, rowsPer], [eps, 1 / R]);
-    this.rt.run("layernorm_f32", a, ceilDiv(K, rowsPer), par);
-    this.#drop(x.st);
-    return y;
-  }
-
-  /** Row softmax over the last axis: one fused kernel for f32, the composite elsewhere. */
-  #softmax(h: WHandle, aval: Aval, out: Aval): WHandle {
-    if (aval.dtype !== "f32") return softmaxVia(this, h, aval) as WHandle;
-    const y = this.#fresh("f32", out.shape);
-    const n = size(out.shape);
-    if (n === 0) return y;
-    const R = out.shape[out.shape.length - 1], K = n / R;
-    const x = this.#contig(h);
-    const T = this.rt.threads;
-    const par = n >= PAR_MIN && T > 1 && K > 1;
-    const rowsPer = par ? Math.max(1, ceilDiv(K, 8 * T)) : K;
-    const a = this.rt.args([this.#addr(x), y.st.ptr, K, R, rowsPer]);
-    this.rt.run("softmax_f32", a, ceilDiv(K, rowsPer), par);
+    this.rt.run(kernel, this.rt.args([this.#addr(x), y.st.ptr, K, R, rowsPer], floats), ceilDiv(K, rowsPer), par);
     this.#drop(x.st);
     return y;
   }
@@ -1244,9 +1229,18 @@ class WasmBackend implements Backend, WasmExtras {
       geluTanh: this.#unary("geluTanh"),
       geluGrad: this.#unary("geluGrad"),
       geluTanhGrad: this.#unary("geluTanhGrad"),
-      layerNorm: (ins, inAvals, p, out) => [this.#layerNorm(ins[0], inAvals[0], out[0], p.eps)],
+      // One fused row kernel each for f32; other dtypes run the composite of simpler primitives.
+      layerNorm: (ins, inAvals, p, out) => [
+        inAvals[0].dtype === "f32"
+          ? this.#rows("layernorm_f32", ins[0], out[0], [p.eps, 1 / out[0].shape[out[0].shape.length - 1]])
+          : layerNormVia(this, ins[0], inAvals[0], p.eps) as WHandle,
+      ],
       adamw: (ins, inAvals, p) => this.#adamw(ins, inAvals[0], p),
-      softmax: (ins, inAvals, _p, out) => [this.#softmax(ins[0], inAvals[0], out[0])],
+      softmax: (ins, inAvals, _p, out) => [
+        inAvals[0].dtype === "f32"
+          ? this.#rows("softmax_f32", ins[0], out[0])
+          : softmaxVia(this, ins[0], inAvals[0]) as WHandle,
+      ],
       add: this.#binary("add"),
       sub: this.#binary("sub"),
       mul: this.#binary("mul"),

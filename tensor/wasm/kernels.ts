@@ -843,31 +843,33 @@ function colReduce(op: RedOp, dt: RedDt): FuncDef {
 }
 
 /**
- * Softmax of each row of a contiguous f32 [K, R] array: row max (pmax plus a NaN flag),
- * exp(x - max) written out while summing, then one scaling pass; the row stays in L1.
- * args: x, y, K, R, rowsPer; chunk c handles rows [c*rowsPer, (c+1)*rowsPer).
+ * A kernel over the rows of a contiguous f32 [K, R] array. args: x, y, K, R, rowsPer, then the
+ * f32 `floats` (loaded into locals of those names). Chunk c runs `row` for rows
+ * [c*rowsPer, (c+1)*rowsPer), with $px / $pe at the row's start / end in x and $pv at the end of
+ * its whole `vecBytes` blocks (the vector part; the tail is scalar).
  */
-function softmaxRows(relaxed: boolean, table: ConstTable): FuncDef {
-  const m = new MathCtx(relaxed, table);
+function rowKernel(
+  name: string,
+  m: MathCtx,
+  extra: [string, ValType][],
+  floats: string[],
+  vecBytes: 16 | 32,
+  row: string,
+): FuncDef {
   const names = ["x", "y", "K", "R", "rowsPer"];
-  const locals: [string, ValType][] = names.map((n) => [n, "i32"]);
-  locals.push(
+  const locals: [string, ValType][] = [
+    ...names.map((n): [string, ValType] => [n, "i32"]),
     ["k", "i32"],
     ["k1", "i32"],
     ["px", "i32"],
-    ["py", "i32"],
     ["pe", "i32"],
     ["pv", "i32"],
-    ["acc", "v128"],
-    ["nan", "v128"],
-    ["v", "v128"],
-    ["e", "v128"],
-    ["mx", "f32"],
-    ["s", "f32"],
-    ["inv", "v128"],
-  );
-  const expOf = vexp(m, "$v");
+    ...floats.map((f): [string, ValType] => [f, "f32"]),
+    ...extra,
+    ...m.locals,
+  ];
   let body = names.map((n, i) => arg(n, i)).join("");
+  floats.forEach((f, i) => (body += `local.get $args f32.load offset=${4 * (names.length + i)} local.set $${f}\n`));
   body += `
     local.get $chunk local.get $rowsPer i32.mul local.tee $k local.get $rowsPer i32.add local.tee $k1
     local.get $K local.get $k1 local.get $K i32.lt_u select local.set $k1
@@ -875,7 +877,44 @@ function softmaxRows(relaxed: boolean, table: ConstTable): FuncDef {
       local.get $k local.get $k1 i32.ge_u br_if $kd
       local.get $x local.get $k local.get $R i32.mul i32.const 2 i32.shl i32.add local.tee $px
       local.get $R i32.const 2 i32.shl i32.add local.set $pe
-      local.get $pe local.get $px i32.sub i32.const -16 i32.and local.get $px i32.add local.set $pv
+      local.get $pe local.get $px i32.sub i32.const ${-vecBytes} i32.and local.get $px i32.add local.set $pv
+      ${row}
+      local.get $k i32.const 1 i32.add local.set $k
+      br $kl
+    end end`;
+  return { name, params: KPARAMS, locals, body };
+}
+
+/** Horizontal sum of the f32x4 in local `v` (left on the stack as f32). */
+const hsum = (v: string) =>
+  `local.get ${v} f32x4.extract_lane 0 local.get ${v} f32x4.extract_lane 1 f32.add
+   local.get ${v} f32x4.extract_lane 2 local.get ${v} f32x4.extract_lane 3 f32.add f32.add`;
+
+/**
+ * Softmax of each row of a contiguous f32 [K, R] array: row max (pmax plus a NaN flag),
+ * exp(x - max) written out while summing, then one scaling pass; the row stays in L1.
+ */
+function softmaxRows(relaxed: boolean, table: ConstTable): FuncDef {
+  const m = new MathCtx(relaxed, table);
+  const locals: [string, ValType][] = [
+    ["py", "i32"],
+    ["acc", "v128"],
+    ["nan", "v128"],
+    ["v", "v128"],
+    ["e", "v128"],
+    ["mx", "f32"],
+    ["mx_t", "f32"],
+    ["s", "f32"],
+    ["inv", "v128"],
+  ];
+  const expOf = vexp(m, "$v");
+  return rowKernel(
+    "softmax_f32",
+    m,
+    locals,
+    [],
+    16,
+    `
       ;; pass 1: the row maximum (NaN anywhere makes it NaN)
       ${c4(-Infinity)} local.set $acc
       v128.const i32x4 0 0 0 0 local.set $nan
@@ -909,8 +948,7 @@ function softmaxRows(relaxed: boolean, table: ConstTable): FuncDef {
         local.get $py i32.const 16 i32.add local.set $py
         br $el
       end end
-      local.get $acc f32x4.extract_lane 0 local.get $acc f32x4.extract_lane 1 f32.add
-      local.get $acc f32x4.extract_lane 2 local.get $acc f32x4.extract_lane 3 f32.add f32.add local.set $s
+      ${hsum("$acc")} local.set $s
       block $xd loop $xl
         local.get $px local.get $pe i32.ge_u br_if $xd
         local.get $px f32.load local.get $mx f32.sub f32x4.splat local.set $v
@@ -937,35 +975,20 @@ function softmaxRows(relaxed: boolean, table: ConstTable): FuncDef {
         local.get $py i32.const 4 i32.add local.set $py
         br $rl
       end end
-      local.get $k i32.const 1 i32.add local.set $k
-      br $kl
-    end end`;
-  locals.push(["mx_t", "f32"]);
-  return { name: "softmax_f32", params: KPARAMS, locals: [...locals, ...m.locals], body };
+`,
+  );
 }
-
-/** Horizontal sum of the f32x4 in local `v` (left on the stack as f32). */
-const hsum = (v: string) =>
-  `local.get ${v} f32x4.extract_lane 0 local.get ${v} f32x4.extract_lane 1 f32.add
-   local.get ${v} f32x4.extract_lane 2 local.get ${v} f32x4.extract_lane 3 f32.add f32.add`;
 
 /**
  * LayerNorm (no affine) of each row of a contiguous f32 [K, R] array: mean, then the
  * variance of the centred row (two passes, no cancellation), then one scaling pass.
- * args: x, y, K, R, rowsPer, eps (f32), 1/R (f32); chunk c handles rows [c*rowsPer, (c+1)*rowsPer).
+ * Float args: eps, 1/R.
  */
 function layerNormRows(relaxed: boolean, table: ConstTable): FuncDef {
   const m = new MathCtx(relaxed, table);
-  const names = ["x", "y", "K", "R", "rowsPer"];
-  const locals: [string, ValType][] = names.map((n) => [n, "i32"]);
-  locals.push(
-    ["k", "i32"],
-    ["k1", "i32"],
-    ["px", "i32"],
+  const locals: [string, ValType][] = [
     ["p", "i32"],
     ["q", "i32"],
-    ["pe", "i32"],
-    ["pv", "i32"],
     ["a0", "v128"],
     ["a1", "v128"],
     ["a2", "v128"],
@@ -977,21 +1000,15 @@ function layerNormRows(relaxed: boolean, table: ConstTable): FuncDef {
     ["s1", "f32"],
     ["mean", "f32"],
     ["r", "f32"],
-    ["eps", "f32"],
-    ["invR", "f32"],
-  );
+  ];
   // Two accumulators per pass: the adds of a row are a dependency chain otherwise.
-  let body = names.map((n, i) => arg(n, i)).join("");
-  body += `
-    local.get $args f32.load offset=20 local.set $eps
-    local.get $args f32.load offset=24 local.set $invR
-    local.get $chunk local.get $rowsPer i32.mul local.tee $k local.get $rowsPer i32.add local.tee $k1
-    local.get $K local.get $k1 local.get $K i32.lt_u select local.set $k1
-    block $kd loop $kl
-      local.get $k local.get $k1 i32.ge_u br_if $kd
-      local.get $x local.get $k local.get $R i32.mul i32.const 2 i32.shl i32.add local.tee $px
-      local.get $R i32.const 2 i32.shl i32.add local.set $pe
-      local.get $pe local.get $px i32.sub i32.const -32 i32.and local.get $px i32.add local.set $pv
+  return rowKernel(
+    "layernorm_f32",
+    m,
+    locals,
+    ["eps", "invR"],
+    32,
+    `
       ;; pass 1: the mean
       ${c4(0)} local.tee $a0 local.set $a1
       local.get $px local.set $p
@@ -1059,10 +1076,8 @@ function layerNormRows(relaxed: boolean, table: ConstTable): FuncDef {
         local.get $q i32.const 4 i32.add local.set $q
         br $u3
       end end
-      local.get $k i32.const 1 i32.add local.set $k
-      br $kl
-    end end`;
-  return { name: "layernorm_f32", params: KPARAMS, locals: [...locals, ...m.locals], body };
+`,
+  );
 }
 
 /**
